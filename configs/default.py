@@ -21,4 +21,57 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.bn_epsilon = 1e-5  # the release used 1e-9
     config.model.bn_bias_init = 0.001  # the release's BN shift init
     config.model.unpool_impl = ""  # "" = pooling.DEFAULT_UNPOOL; "scatter" | "window"
+
+    # --- data (deconvnet_jax/data) ----------------------------------------------
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "voc"  # "voc" (VOCdevkit/VOC2012 [+ SBD]) | "synthetic" (generated demo set)
+    config.data.voc_root = ""  # path to VOCdevkit/VOC2012
+    config.data.sbd_root = ""  # path to SBD's benchmark_RELEASE/dataset (for train_aug)
+    config.data.cache_dir = ""  # where the synthetic set is generated ("" = ~/.cache/deconvnet_jax)
+    config.data.train_split = "train_aug"  # VOC train + SBD train/val minus VOC val
+    config.data.val_split = "val"
+    config.data.mode = "stage1"  # "stage1" object crops | "stage2" proposal crops | "whole" image
+    config.data.proposals = ""  # stage 2: proposals file (npz/JSON per image id)
+    config.data.box_enlarge = 1.2  # stage-1 window = object box enlarged by this factor
+    config.data.resize = 250  # crop window resized to this side, then...
+    config.data.crop_size = 224  # ...randomly cropped to this side
+    config.data.flip = True
+    config.data.normalization = "caffe_bgr"  # BGR mean of the release | "imagenet" (torchvision)
+    config.data.strict = True  # bad input raises; False skips, counts and reports
+    config.data.num_workers = 0  # grain worker processes (0 = in-process)
+    config.data.eval_size = 512  # validation images are padded (label 255) to this square side
+    config.data.seed = 0
+
+    # --- optimiser (deconvnet_jax/optim.py): the release's recipe ------------------
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "sgd"  # "sgd" (momentum) | "adam" | "adamw"
+    config.optim.lr = 0.01
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 5e-4  # kernels only
+    config.optim.bias_lr_mult = 2.0
+    config.optim.schedule = "step"  # "step" | "constant" | "cosine"
+    config.optim.decay_steps = (9000,)
+    config.optim.gamma = 0.1
+    config.optim.accum_steps = 8  # 64 = 8 x 8 in the release (optax.MultiSteps)
+    config.optim.clip_norm = 0.0  # 0 = off
+
+    # --- training loop -----------------------------------------------------------
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 8  # global micro-batch (BN statistics over it)
+    config.train.num_steps = 20000 * 8  # micro-steps (20000 iterations x 8 accumulated)
+    config.train.log_every = 50
+    config.train.eval_every = 2000
+    config.train.checkpoint_every = 1000
+    config.train.keep_checkpoints = 3
+    config.train.seed = 0
+
+    # --- parallelism (deconvnet_jax/parallel.py) -------------------------------------
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # -1: the rest of the devices
+    config.mesh.fsdp = 1
+    config.mesh.shard_all = False  # shard every large kernel on 'fsdp', not only fc6/fc6_deconv
+
+    # --- initialisation / resume (deconvnet_jax/checkpoint.py) ------------------------
+    config.resume = ""  # a checkpoint dir to resume from when the workdir has none
+    config.init_from = ""  # a run dir (e.g. stage 1 for stage 2) or a torchvision VGG16(-BN) .pth
     return config
