@@ -1,0 +1,99 @@
+"""Shared benchmark helpers: timing, environment record, the analytic FLOP count of DeconvNet."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from deconvnet_jax.models.deconvnet import DECODER, ENCODER, FC, scaled  # noqa: E402
+
+
+def deconvnet_forward_flops(height: int = 224, width: int = 224, width_multiplier: float = 1.0,
+                            num_classes: int = 21) -> float:
+    """Multiply-adds x 2 of every conv/deconv/classifier for one image (BN, ReLU, pooling excluded).
+
+    A stride-1 convolution costs out_h * out_w * k * k * cin * cout MACs; a stride-1 transposed
+    convolution in_h * in_w * k * k * cin * cout. At 224x224, full width: about 65.5 GFLOP.
+    """
+    macs = 0
+    cin, h, w = 3, height, width
+    for _, layers, feats in ENCODER:
+        for f in feats:
+            cout = scaled(f, width_multiplier)
+            macs += h * w * 9 * cin * cout
+            cin = cout
+        h, w = h // 2, w // 2
+    pool_hw = (h, w)
+    f6, f7, fd = (scaled(c, width_multiplier) for _, _, c in FC)
+    h6, w6 = h - 6, w - 6
+    macs += h6 * w6 * 49 * cin * f6 + h6 * w6 * f6 * f7 + h6 * w6 * 49 * f7 * fd
+    cin, (h, w) = fd, pool_hw
+    for _, layers, feats in DECODER:
+        h, w = h * 2, w * 2
+        for f in feats:
+            cout = scaled(f, width_multiplier)
+            macs += h * w * 9 * cin * cout
+            cin = cout
+    macs += height * width * cin * num_classes
+    return 2.0 * macs
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time of fn() (fn must synchronise the device itself)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), times
+
+
+def environment() -> dict:
+    """Device, versions and command of this run."""
+    import jax
+
+    env = {
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "jax_device": str(jax.devices()[0].device_kind),
+        "jax_device_count": jax.device_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            env["torch_device"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    try:
+        env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                           text=True, check=False).stdout.strip()
+    except OSError:
+        pass
+    return env
+
+
+def write_json(path: str, result: dict) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {path}")

@@ -1,0 +1,294 @@
+"""PASCAL VOC 2012 (+ SBD) readers: images, class masks, object boxes, splits, class names, palette.
+
+Layout read (VOCdevkit/VOC2012):
+  JPEGImages/<id>.jpg, SegmentationClass/<id>.png (palette PNG, values = class indices, 255 = void),
+  SegmentationObject/<id>.png (optional instance masks), Annotations/<id>.xml (optional boxes),
+  ImageSets/Segmentation/<split>.txt.
+SBD (benchmark_RELEASE/dataset): cls/<id>.mat (GTcls.Segmentation), inst/<id>.mat
+  (GTinst.Segmentation), img/<id>.jpg, train.txt, val.txt.
+The `train_aug` split is VOC train + SBD train + SBD val minus VOC val.
+
+Every reader validates what it reads and raises `DataError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import xml.etree.ElementTree as ET
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+CLASS_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+NUM_CLASSES = 21
+IGNORE_LABEL = 255
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the problem."""
+
+
+def voc_palette() -> np.ndarray:
+    """The standard 256-entry VOC colormap (the devkit's bitget construction), uint8 [256, 3]."""
+    palette = np.zeros((256, 3), np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
+def _open(path: pathlib.Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()  # decode now: truncated files fail here, not later
+        return img
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: corrupt or unreadable image ({e})") from None
+
+
+def read_image(path) -> np.ndarray:
+    """Reads an image as uint8 RGB [H, W, 3] (grayscale, RGBA, CMYK, palette converted)."""
+    img = _open(pathlib.Path(path))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, np.uint8)
+
+
+def validate_labels(label: np.ndarray, source) -> np.ndarray:
+    """Checks that a class map holds only 0..20 and 255; raises DataError naming `source`."""
+    bad = (label > NUM_CLASSES - 1) & (label != IGNORE_LABEL)
+    if bad.any():
+        values = sorted(set(np.unique(label[bad]).tolist()))[:10]
+        raise DataError(f"{source}: label values {values} outside 0..20 and 255")
+    return label
+
+
+def read_mask(path) -> np.ndarray:
+    """Reads a VOC class mask (palette PNG: the pixel values are the class indices) as uint8 [H, W]."""
+    path = pathlib.Path(path)
+    img = _open(path)
+    if img.mode not in ("P", "L"):
+        raise DataError(f"{path}: class mask must be a palette (P) or grayscale (L) PNG, got mode {img.mode}")
+    return validate_labels(np.asarray(img, np.uint8), path)
+
+
+def read_sbd_mat(path, key: str) -> np.ndarray:
+    """Reads SBD's cls/inst .mat (GTcls / GTinst struct, field Segmentation) as uint8 [H, W]."""
+    import scipy.io  # noqa: PLC0415
+
+    path = pathlib.Path(path)
+    try:
+        mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
+        seg = np.asarray(getattr(mat[key], "Segmentation"), np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as e:  # noqa: BLE001  (scipy raises many types on bad files)
+        raise DataError(f"{path}: unreadable SBD .mat ({type(e).__name__}: {e})") from None
+    return seg
+
+
+def parse_boxes_xml(path) -> tuple[np.ndarray, np.ndarray]:
+    """Object boxes of a VOC Annotations XML: (boxes float32 [N, 4] as x0, y0, x1, y1 with
+    exclusive max in 0-based pixels, labels int32 [N] in 1..20)."""
+    path = pathlib.Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as e:
+        raise DataError(f"{path}: empty or unparsable XML ({e})") from None
+    boxes, labels = [], []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in CLASS_NAMES[1:]:
+            raise DataError(f"{path}: unknown object class {name!r}")
+        bb = obj.find("bndbox")
+        try:
+            x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (AttributeError, TypeError, ValueError):
+            raise DataError(f"{path}: object {name!r} has a missing or malformed bndbox") from None
+        boxes.append((x0 - 1, y0 - 1, x1, y1))  # VOC boxes are 1-based inclusive
+        labels.append(CLASS_NAMES.index(name))
+    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int32)
+
+
+def boxes_from_instances(inst: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of every instance id (1..254) in an instance map, labelled by the majority class."""
+    boxes, labels = [], []
+    for i in np.unique(inst):
+        if i == 0 or i == IGNORE_LABEL:
+            continue
+        ys, xs = np.nonzero(inst == i)
+        classes = cls[ys, xs]
+        classes = classes[(classes > 0) & (classes < NUM_CLASSES)]
+        if classes.size == 0:
+            continue
+        boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+        labels.append(np.bincount(classes).argmax())
+    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int32)
+
+
+def boxes_from_class_mask(cls: np.ndarray, min_pixels: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of the 8-connected components of each class in a class map (no instance data)."""
+    from scipy import ndimage  # noqa: PLC0415
+
+    boxes, labels = [], []
+    for c in np.unique(cls):
+        if c == 0 or c == IGNORE_LABEL:
+            continue
+        comp, n = ndimage.label(cls == c, structure=np.ones((3, 3)))
+        for sl, size in zip(ndimage.find_objects(comp), np.bincount(comp.ravel())[1:]):
+            if size >= min_pixels:
+                boxes.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
+                labels.append(int(c))
+    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int32)
+
+
+def read_split(path) -> list[str]:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    image: pathlib.Path
+    label: pathlib.Path
+    label_kind: str  # "png" | "sbd"
+    xml: pathlib.Path | None
+    instances: pathlib.Path | None
+
+
+class VOCDataset:
+    """Random-access VOC 2012 (+ SBD) segmentation examples.
+
+    Args:
+      root: the VOCdevkit/VOC2012 folder.
+      split: a file name under ImageSets/Segmentation ("train", "val", "trainval", ...) or
+        "train_aug" (needs sbd_root).
+      sbd_root: SBD's `dataset` folder (with cls/, inst/, img/, train.txt, val.txt).
+      strict: raise on bad examples (default); otherwise skip them, counted in `skipped`.
+
+    An example is a dict(id, image uint8 [H, W, 3], label uint8 [H, W], boxes float32 [N, 4]
+    (x0, y0, x1, y1), box_labels int32 [N] in 1..20). Boxes come from the XML when present,
+    else from instance masks, else from connected components of each class.
+    """
+
+    def __init__(self, root, split: str = "train", sbd_root=None, strict: bool = True):
+        self.root = pathlib.Path(root)
+        self.sbd_root = pathlib.Path(sbd_root) if sbd_root else None
+        self.split = split
+        self.strict = strict
+        self.skipped: list[tuple[str, str]] = []  # (id, reason) of examples skipped (lenient mode)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: VOC root folder not found")
+        self._sources = self._resolve(split)
+        self.ids = list(self._sources)
+
+    # -- split resolution -------------------------------------------------------------------
+    def _voc_source(self, i: str) -> _Source:
+        xml = self.root / "Annotations" / f"{i}.xml"
+        inst = self.root / "SegmentationObject" / f"{i}.png"
+        return _Source(
+            self.root / "JPEGImages" / f"{i}.jpg",
+            self.root / "SegmentationClass" / f"{i}.png",
+            "png",
+            xml if xml.is_file() else None,
+            inst if inst.is_file() else None,
+        )
+
+    def _sbd_source(self, i: str) -> _Source:
+        img = self.sbd_root / "img" / f"{i}.jpg"
+        if not img.is_file():
+            img = self.root / "JPEGImages" / f"{i}.jpg"
+        xml = self.root / "Annotations" / f"{i}.xml"
+        return _Source(img, self.sbd_root / "cls" / f"{i}.mat", "sbd",
+                       xml if xml.is_file() else None, self.sbd_root / "inst" / f"{i}.mat")
+
+    def _resolve(self, split: str) -> dict[str, _Source]:
+        seg = self.root / "ImageSets" / "Segmentation"
+        if split == "train_aug":
+            if self.sbd_root is None:
+                raise DataError("split 'train_aug' needs sbd_root (SBD's dataset folder)")
+            voc_val = set(read_split(seg / "val.txt"))
+            sources = {i: self._voc_source(i) for i in read_split(seg / "train.txt")}
+            for name in ("train.txt", "val.txt"):
+                for i in read_split(self.sbd_root / name):
+                    if i not in voc_val and i not in sources:
+                        sources[i] = self._sbd_source(i)
+        else:
+            sources = {i: self._voc_source(i) for i in read_split(seg / f"{split}.txt")}
+        valid = {}
+        for i, src in sources.items():
+            missing = [p for p in (src.image, src.label) if not p.is_file()]
+            if missing:
+                self._bad(i, f"split {split!r} lists id {i!r} but {missing[0]} does not exist")
+                continue
+            valid[i] = src
+        return valid
+
+    def _bad(self, i: str, reason: str) -> None:
+        if self.strict:
+            raise DataError(reason)
+        self.skipped.append((i, reason))
+
+    # -- access ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, i: str) -> dict:
+        """Reads and validates one example by id (raises DataError on bad input)."""
+        src = self._sources[i]
+        image = read_image(src.image)
+        label = read_mask(src.label) if src.label_kind == "png" else validate_labels(
+            read_sbd_mat(src.label, "GTcls"), src.label)
+        if label.shape != image.shape[:2]:
+            raise DataError(
+                f"{src.label}: mask size {label.shape[1]}x{label.shape[0]} differs from image "
+                f"{src.image} size {image.shape[1]}x{image.shape[0]}"
+            )
+        if src.xml is not None:
+            boxes, box_labels = parse_boxes_xml(src.xml)
+        elif src.instances is not None:
+            inst = read_mask_raw(src.instances) if src.label_kind == "png" else read_sbd_mat(
+                src.instances, "GTinst")
+            boxes, box_labels = boxes_from_instances(inst, label)
+        else:
+            boxes, box_labels = boxes_from_class_mask(label)
+        h, w = label.shape
+        boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
+        return dict(id=i, image=image, label=label, boxes=boxes, box_labels=box_labels)
+
+    def __getitem__(self, index: int) -> dict | None:
+        """Example `index`; in lenient mode a bad example returns None and is counted."""
+        i = self.ids[index]
+        try:
+            return self.load(i)
+        except DataError as e:
+            if self.strict:
+                raise
+            self.skipped.append((i, str(e)))
+            return None
+
+    def __iter__(self) -> Iterator[dict]:
+        for k in range(len(self)):
+            ex = self[k]
+            if ex is not None:
+                yield ex
+
+
+def read_mask_raw(path) -> np.ndarray:
+    """Reads an index PNG without class validation (instance maps: ids 1..N, 255 = void)."""
+    return np.asarray(_open(pathlib.Path(path)), np.uint8)
