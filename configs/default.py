@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_workers = 0  # grain worker processes (0 = in-process)
     config.data.eval_size = 512  # validation images are padded (label 255) to this square side
     config.data.seed = 0
+    config.data.synthetic = ml_collections.ConfigDict()  # the generated set (name="synthetic")
+    config.data.synthetic.num_train = 200
+    config.data.synthetic.num_val = 40
+    config.data.synthetic.image_size = 256
 
     # --- optimiser (deconvnet_jax/optim.py): the release's recipe ------------------
     config.optim = ml_collections.ConfigDict()
@@ -64,6 +68,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 3
     config.train.seed = 0
+    config.train.eval_batch_size = 8
+    config.train.eval_max_images = 0  # 0 = the whole validation split
 
     # --- parallelism (deconvnet_jax/parallel.py) -------------------------------------
     config.mesh = ml_collections.ConfigDict()

@@ -34,7 +34,8 @@ def _process(process_index, process_count) -> tuple[int, int]:
 def dataset_root(data_config) -> pathlib.Path:
     """The VOC2012-layout root of config.data (generating the synthetic set if asked)."""
     if data_config.name == "synthetic":
-        return synthetic.ensure_dataset(data_config.get("cache_dir", ""))
+        syn = data_config.get("synthetic") or {}
+        return synthetic.ensure_dataset(data_config.get("cache_dir", ""), **dict(syn))
     if data_config.name == "voc":
         if not data_config.voc_root:
             raise ValueError("config.data.voc_root is empty: point it at VOCdevkit/VOC2012 "

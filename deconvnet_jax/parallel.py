@@ -1,0 +1,103 @@
+"""Device mesh, partition rules, multi-host setup and host-batch -> global-array assembly.
+
+Mesh axes: 'data' (batch) and 'fsdp' (batch too, plus the large kernels' largest divisible dim).
+The batch is split over both axes, so every device computes on its own slice; kernels matched by
+the rules are sharded on 'fsdp' and all-gathered by XLA where used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+LARGE_KERNELS = ("fc6", "fc6_deconv")
+
+
+def init_distributed(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> None:
+    """`jax.distributed.initialize` from explicit flags, or from the cluster environment.
+
+    With no flags it initialises only when a known cluster environment (SLURM, Open MPI,
+    TPU pods, or JAX_COORDINATOR_ADDRESS) is present; a single process needs nothing.
+    """
+    if coordinator:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    elif any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+                                       "TPU_WORKER_HOSTNAMES")):
+        jax.distributed.initialize()
+
+
+def make_mesh(mesh_config, devices=None) -> Mesh:
+    """A ('data', 'fsdp') mesh; -1 on one axis means "all remaining devices"."""
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    sizes = [int(mesh_config.data), int(mesh_config.fsdp)]
+    if sizes.count(-1) > 1:
+        raise ValueError("at most one of config.mesh.data / config.mesh.fsdp may be -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if n % known:
+            raise ValueError(f"{n} devices do not divide by mesh axes {sizes}")
+        sizes[sizes.index(-1)] = n // known
+    if int(np.prod(sizes)) != n:
+        raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} needs {np.prod(sizes)} devices, have {n}")
+    return Mesh(np.asarray(devices).reshape(sizes), ("data", "fsdp"))
+
+
+def _path_names(path) -> list[str]:
+    names = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                names.append(str(getattr(k, attr)))
+                break
+    return names
+
+
+def leaf_spec(path, shape, fsdp_size: int, shard_all: bool) -> P:
+    """PartitionSpec of one state leaf (params and the optimiser slots that mirror them)."""
+    names = _path_names(path)
+    if len(shape) < 2 or fsdp_size == 1 or "kernel" not in names:
+        return P()
+    if not shard_all and not any(k in names for k in LARGE_KERNELS):
+        return P()
+    for dim in np.argsort(shape)[::-1]:  # the largest dimension that divides
+        if shape[dim] % fsdp_size == 0:
+            spec = [None] * len(shape)
+            spec[dim] = "fsdp"
+            return P(*spec)
+    logging.debug("replicating %s %s: no dim divides by fsdp=%d", "/".join(names), shape, fsdp_size)
+    return P()
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, shard_all: bool = False) -> Any:
+    """NamedShardings for every leaf of a (abstract) train state."""
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: NamedSharding(mesh, leaf_spec(path, leaf.shape, fsdp, shard_all)),
+        abstract_state,
+    )
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The batch dimension split over every device of the mesh."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def global_batch(local: dict, mesh: Mesh) -> dict:
+    """This process's slice of the batch -> global jax.Arrays sharded on the batch axes."""
+    sharding = batch_sharding(mesh)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in local.items()
+        if k in ("image", "label")
+    }
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())

@@ -1,0 +1,103 @@
+"""Training state, the masked pixel loss, and the pure train / eval steps."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from deconvnet_jax.metrics import IGNORE_LABEL, confusion_matrix
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data-iterator position."""
+
+    step: jax.Array  # micro-steps taken (int32 scalar)
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array  # PRNG key data (uint32 [2])
+
+
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int = IGNORE_LABEL):
+    """Softmax cross-entropy per pixel, ignoring `ignore_label`, averaged over valid pixels.
+
+    Args:
+      logits: [B, H, W, C] float; labels: [B, H, W] int.
+    Returns:
+      (mean loss over valid pixels (0 when there are none), number of valid pixels).
+    """
+    valid = labels != ignore_label
+    safe = jnp.where(valid, labels, 0).astype(jnp.int32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+    count = valid.sum()
+    return jnp.where(valid, losses, 0.0).sum() / jnp.maximum(count, 1), count
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
+                       input_shape: tuple[int, ...]) -> TrainState:
+    """Initial state (call under jax.jit with out_shardings so it is born sharded)."""
+    rng = jax.random.PRNGKey(seed)
+    init_rng, rng = jax.random.split(rng)
+    variables = model.init(init_rng, jnp.zeros(input_shape, jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(rng),
+    )
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
+    """Returns the pure `train_step(state, batch) -> (state, metrics)`.
+
+    BatchNorm uses the statistics of the whole (global, possibly sharded) batch: under jit the
+    means are reductions over the sharded batch axis, so BN is synchronised across devices.
+    A non-finite loss leaves the state unchanged and reports `finite = False`.
+    """
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                batch["image"],
+                train=True,
+                mutable=["batch_stats"],
+            )
+            loss, count = pixel_cross_entropy(logits, batch["label"])
+            return loss, (updates["batch_stats"], count, logits)
+
+        (loss, (batch_stats, count, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
+        new = TrainState(state.step + 1, params, batch_stats, opt_state, rng)
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
+        )
+        new = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, state)
+        pred = jnp.argmax(logits, -1)
+        valid = batch["label"] != IGNORE_LABEL
+        acc = jnp.sum((pred == batch["label"]) & valid) / jnp.maximum(valid.sum(), 1)
+        return new, {"loss": loss, "pixel_acc": acc, "valid_pixels": count, "finite": finite}
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module, num_classes: int) -> Callable:
+    """Returns `eval_step(variables, batch) -> confusion [C, C]` (eval-mode BN)."""
+
+    def eval_step(variables, batch: dict) -> jax.Array:
+        logits = model.apply(variables, batch["image"], train=False)
+        return confusion_matrix(jnp.argmax(logits, -1), batch["label"], num_classes)
+
+    return eval_step

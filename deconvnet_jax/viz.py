@@ -1,0 +1,57 @@
+"""Pictures: training curves, VOC-palette masks and side-by-side overlays."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+from deconvnet_jax.data.voc import voc_palette
+
+
+def plot_training_curves(metrics_jsonl, out_png) -> pathlib.Path | None:
+    """Loss and validation-mIoU curves of a metrics.jsonl, saved as a PNG."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    path = pathlib.Path(metrics_jsonl)
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    loss = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    miou = [(r["step"], 100 * r["val_miou"]) for r in rows if "val_miou" in r]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    if loss:
+        ax[0].plot(*zip(*loss))
+    ax[0].set(title="training loss", xlabel="step")
+    if miou:
+        ax[1].plot(*zip(*miou), marker="o")
+    ax[1].set(title="validation mIoU (%)", xlabel="step")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return pathlib.Path(out_png)
+
+
+def palette_image(label: np.ndarray) -> Image.Image:
+    """A class map [H, W] as a VOC-palette ("P") PIL image."""
+    img = Image.fromarray(np.asarray(label, np.uint8), mode="P")
+    img.putpalette(voc_palette().ravel().tolist())
+    return img
+
+
+def colorize(label: np.ndarray) -> np.ndarray:
+    """A class map [H, W] as RGB uint8 [H, W, 3] in VOC colours."""
+    return voc_palette()[np.asarray(label, np.uint8)]
+
+
+def side_by_side(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """image | truth | prediction (the label maps blended over the image), RGB uint8."""
+    panels = [image]
+    for lab in ([truth] if truth is not None else []) + [pred]:
+        panels.append((alpha * colorize(lab) + (1 - alpha) * image).astype(np.uint8))
+    return np.concatenate(panels, axis=1)
