@@ -251,7 +251,8 @@ class DeconvNet(nn.Module):
             kernel_init=DECODER_INIT,
             name="seg_score",
         )(x)
-        return x.astype(jnp.float32)
+        # float32 logits (the loss is computed in float32), float64 when asked for (parity tests).
+        return x.astype(jnp.promote_types(self.dtype, jnp.float32))
 
 
 def build_model(model_config) -> DeconvNet:

@@ -1,0 +1,89 @@
+"""The PyTorch reference DeconvNet (plain torch.nn, NCHW): the same network as models/deconvnet.py.
+
+MaxPool2d(2, 2, return_indices=True) / MaxUnpool2d(2, 2) with the pre-pool size, ConvTranspose2d
+for fc6_deconv and the deconvN_* layers. State-dict keys follow the original layer names:
+`<layer>.weight|bias` and `<layer>_bn.weight|bias|running_mean|running_var` (see
+interop/torch_weights.py). Only this module (and interop) imports torch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from deconvnet_jax.models.deconvnet import DECODER, ENCODER, FC, scaled
+
+
+class DeconvNetTorch(nn.Module):
+    """DeconvNet in PyTorch. Returns NCHW logits [B, num_classes, H, W].
+
+    Args:
+      num_classes: output classes.
+      width_multiplier: channel scaling (same rounding as the Flax model).
+      bn_momentum: PyTorch convention (0.1 == flax 0.9).
+      bn_eps: BatchNorm epsilon.
+    """
+
+    def __init__(self, num_classes: int = 21, width_multiplier: float = 1.0, bn_momentum: float = 0.1,
+                 bn_eps: float = 1e-5):
+        super().__init__()
+        self.layers = nn.ModuleDict()
+        wm = width_multiplier
+
+        def add(name: str, layer: nn.Module, channels: int):
+            self.layers[name] = layer
+            self.layers[name + "_bn"] = nn.BatchNorm2d(channels, eps=bn_eps, momentum=bn_momentum)
+
+        cin = 3
+        self.encoder = []
+        for _, names, feats in ENCODER:
+            for name, f in zip(names, feats):
+                add(name, nn.Conv2d(cin, scaled(f, wm), 3, padding=1), scaled(f, wm))
+                cin = scaled(f, wm)
+            self.encoder.append(names)
+        f6, f7, fd = (scaled(c, wm) for _, _, c in FC)
+        add("fc6", nn.Conv2d(cin, f6, 7), f6)
+        add("fc7", nn.Conv2d(f6, f7, 1), f7)
+        add("fc6_deconv", nn.ConvTranspose2d(f7, fd, 7), fd)
+        cin = fd
+        self.decoder = []
+        for _, names, feats in DECODER:
+            for name, f in zip(names, feats):
+                add(name, nn.ConvTranspose2d(cin, scaled(f, wm), 3, padding=1), scaled(f, wm))
+                cin = scaled(f, wm)
+            self.decoder.append(names)
+        self.layers["seg_score"] = nn.Conv2d(cin, num_classes, 1)
+        self.pool = nn.MaxPool2d(2, 2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2, 2)
+
+    def _cbr(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        return torch.relu(self.layers[name + "_bn"](self.layers[name](x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for names in self.encoder:
+            for name in names:
+                x = self._cbr(x, name)
+            size = x.shape[-2:]
+            x, idx = self.pool(x)
+            skips.append((idx, size))
+        for name in ("fc6", "fc7", "fc6_deconv"):
+            x = self._cbr(x, name)
+        for names, (idx, size) in zip(self.decoder, reversed(skips)):
+            x = self.unpool(x, idx, output_size=size)
+            for name in names:
+                x = self._cbr(x, name)
+        return self.layers["seg_score"](x)
+
+    def state_dict_flat(self) -> dict[str, torch.Tensor]:
+        """State dict with the original layer names (no 'layers.' prefix, no num_batches_tracked)."""
+        return {k[len("layers."):]: v for k, v in self.state_dict().items()
+                if not k.endswith("num_batches_tracked")}
+
+    def load_flat(self, state: dict) -> None:
+        """Loads a state dict keyed by original layer names."""
+        full = {f"layers.{k}": torch.as_tensor(v) for k, v in state.items()}
+        missing, unexpected = self.load_state_dict(full, strict=False)
+        missing = [m for m in missing if not m.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise KeyError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
