@@ -88,14 +88,18 @@ def extract_window(image: np.ndarray, label: np.ndarray | None, window, out_size
     out_img = cv2.resize(crop_img, (out_size, out_size), interpolation=cv2.INTER_LINEAR)
     if label is None:
         return out_img, None
-    return out_img, cv2.resize(crop_lab, (out_size, out_size), interpolation=cv2.INTER_NEAREST)
+    # NEAREST_EXACT samples at pixel centres, as INTER_LINEAR does (and PIL's NEAREST); plain
+    # INTER_NEAREST samples at floor(dst * scale), half a pixel off the image it labels.
+    return out_img, cv2.resize(crop_lab, (out_size, out_size),
+                               interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def random_crop_flip(image, label, crop_size: int, rng: np.random.Generator, flip: bool = True):
     """A random crop_size crop (uniform offset) and a random horizontal flip (p = 0.5)."""
     h, w = label.shape
     if h < crop_size or w < crop_size:
-        raise ValueError(f"cannot crop {crop_size} from a {w}x{h} window (resize must be >= crop_size)")
+        raise ValueError(f"cannot crop {crop_size} from a {w}x{h} window "
+                         "(resize must be >= crop_size)")
     oy, ox = int(rng.integers(0, h - crop_size + 1)), int(rng.integers(0, w - crop_size + 1))
     image = image[oy : oy + crop_size, ox : ox + crop_size]
     label = label[oy : oy + crop_size, ox : ox + crop_size]
@@ -120,7 +124,8 @@ def choose_window(example: dict, mode: str, rng: np.random.Generator, box_enlarg
         return (0.0, 0.0, float(w), float(h))
     if mode == "stage2":
         if proposals is None:
-            raise ValueError("stage2 sampling needs proposals (config.data.proposals or a callable)")
+            raise ValueError("stage2 sampling needs proposals "
+                             "(config.data.proposals or a callable)")
         props = proposals(example) if callable(proposals) else proposals.get(example["id"])
         if props is not None and len(props):
             props = np.asarray(props, np.float32).reshape(-1, 4)
@@ -151,7 +156,8 @@ def sample_crop(example: dict, mode: str, rng: np.random.Generator, resize: int 
 
 
 def load_proposals(path) -> dict[str, np.ndarray]:
-    """Proposals file for stage 2: .npz (one array [N, 4] per image id) or .json ({id: [[x0,y0,x1,y1], ...]})."""
+    """Proposals file for stage 2: .npz (one array [N, 4] per image id) or .json
+    ({id: [[x0, y0, x1, y1], ...]})."""
     import json
     import pathlib
 

@@ -41,7 +41,8 @@ def dataset_root(data_config) -> pathlib.Path:
             raise ValueError("config.data.voc_root is empty: point it at VOCdevkit/VOC2012 "
                              "(or use config.data.name='synthetic' for the generated demo set)")
         return pathlib.Path(data_config.voc_root)
-    raise ValueError(f"unknown config.data.name {data_config.name!r} (expected 'voc' or 'synthetic')")
+    raise ValueError(f"unknown config.data.name {data_config.name!r} "
+                     "(expected 'voc' or 'synthetic')")
 
 
 def open_split(data_config, split: str) -> VOCDataset:
@@ -71,7 +72,7 @@ class _CropTransform(grain.transforms.RandomMap):
         except DataError as e:
             if self.dataset.strict:
                 raise
-            return {"skipped": f"{i}: {e}"}
+            return {"skipped_id": i, "reason": str(e)}
         image, label = crops.sample_crop(example, rng=rng, proposals=self.proposals, **self.cfg)
         return {"image": normalize(image, self.norm), "label": label.astype(np.int32)}
 
@@ -81,54 +82,78 @@ class TrainLoader:
 
     Yields dict(image=float32 [b, crop, crop, 3], label=int32 [b, crop, crop]).
     In lenient mode (config.data.strict False) bad examples are skipped and counted in
-    `skipped` (a list of "id: reason"), reported by `report()`.
+    `skipped` (one "id: reason" per distinct bad example, also across resumes), reported by
+    `report()`.
     """
 
-    def __init__(self, data_config, local_batch: int, seed: int, process_index: int, process_count: int):
+    def __init__(self, data_config, local_batch: int, seed: int, process_index: int,
+                 process_count: int):
         self.dataset = open_split(data_config, data_config.train_split)
         self.local_batch = local_batch
-        self.skipped: list[str] = list(f"{i}: {r}" for i, r in self.dataset.skipped)
+        self._skipped: dict[str, str] = {i: r for i, r in self.dataset.skipped}
         proposals = None
         if data_config.mode == "stage2":
             if not data_config.proposals:
-                raise ValueError("config.data.mode='stage2' needs config.data.proposals (a .npz/.json file)")
+                raise ValueError("config.data.mode='stage2' needs config.data.proposals "
+                                 "(a .npz/.json file)")
             proposals = crops.load_proposals(data_config.proposals)
         if len(self.dataset) < process_count:
             raise ValueError(f"split {data_config.train_split!r} has {len(self.dataset)} examples "
                              f"for {process_count} processes")
         ds = grain.MapDataset.range(len(self.dataset))[process_index::process_count]
+        self._shard_size = len(ds)
         ds = ds.shuffle(seed=seed).repeat()
         ds = ds.random_map(_CropTransform(self.dataset, data_config, proposals), seed=seed + 1)
-        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if data_config.num_workers else 2,
-                                                     prefetch_buffer_size=4 * local_batch))
+        it_ds = ds.to_iter_dataset(grain.ReadOptions(
+            num_threads=0 if data_config.num_workers else 2,
+            prefetch_buffer_size=4 * local_batch))
         if data_config.num_workers:
-            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+            it_ds = it_ds.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=data_config.num_workers))
         self._it = iter(it_ds)
 
     def __iter__(self) -> Iterator[dict]:
         return self
 
+    @property
+    def skipped(self) -> list[str]:
+        """One "id: reason" per distinct bad example skipped so far."""
+        return [f"{i}: {r}" for i, r in self._skipped.items()]
+
     def __next__(self) -> dict:
         images, labels = [], []
+        run = 0  # consecutive bad examples: a split with no good example must not spin forever
         while len(images) < self.local_batch:
             ex = next(self._it)
-            if "skipped" in ex:
-                self.skipped.append(ex["skipped"])
-                logging.warning("skipping bad example %s", ex["skipped"])
+            if "skipped_id" in ex:
+                if ex["skipped_id"] not in self._skipped:
+                    logging.warning("skipping bad example %s: %s", ex["skipped_id"], ex["reason"])
+                self._skipped[ex["skipped_id"]] = ex["reason"]
+                run += 1
+                if run > self._shard_size:
+                    raise DataError(f"every example of this process's shard of split "
+                                    f"{self.dataset.split!r} is bad ({len(self._skipped)} "
+                                    f"skipped; first: {self.skipped[0]})")
                 continue
+            run = 0
             images.append(ex["image"])
             labels.append(ex["label"])
         return {"image": np.stack(images), "label": np.stack(labels)}
 
     def get_state(self) -> dict:
-        """JSON-serialisable position of the stream."""
-        return {"grain": self._it.get_state(), "skipped": len(self.skipped)}
+        """JSON-serialisable position of the stream (and the bad examples met so far)."""
+        return {"grain": self._it.get_state(), "skipped": dict(self._skipped)}
 
     def set_state(self, state: dict) -> None:
+        """Restores a position from `get_state()`: the next batches are those that followed it."""
         self._it.set_state(state["grain"])
+        if isinstance(state.get("skipped"), dict):
+            self._skipped.update(state["skipped"])
 
     def report(self) -> str:
-        return f"{len(self.skipped)} bad training examples skipped" if self.skipped else ""
+        """"N bad training examples skipped" (lenient mode), or "" when none was."""
+        n = len(self._skipped)
+        return f"{n} bad training example{'s' * (n != 1)} skipped" if n else ""
 
     def close(self) -> None:
         close = getattr(self._it, "close", None)
@@ -137,7 +162,8 @@ class TrainLoader:
 
 
 def make_train_loader(data_config, global_batch_size: int, seed: int,
-                      process_index: int | None = None, process_count: int | None = None) -> TrainLoader:
+                      process_index: int | None = None, process_count: int | None = None,
+                      ) -> TrainLoader:
     """The training loader of config.data for this process.
 
     Args:
@@ -164,7 +190,7 @@ def _fit(image, label, size: int, strict: bool, source: str):
     nw, nh = max(1, int(w * scale)), max(1, int(h * scale))
     logging.warning("%s: %dx%d image resized down to %dx%d to fit eval_size", source, w, h, nw, nh)
     return (cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR),
-            cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST))
+            cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT))
 
 
 def make_eval_loader(data_config, split: str, batch_size: int,

@@ -33,7 +33,8 @@ CLASSES = {
 
 
 def default_cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("DECONVNET_CACHE", pathlib.Path.home() / ".cache" / "deconvnet_jax"))
+    default = pathlib.Path.home() / ".cache" / "deconvnet_jax"
+    return pathlib.Path(os.environ.get("DECONVNET_CACHE", default))
 
 
 def _texture(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -45,7 +46,8 @@ def _texture(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
         t = (np.cos(angle) * xx + np.sin(angle) * yy) / period
         return 0.75 + 0.25 * np.sign(np.sin(2 * np.pi * t))
     if kind == "dots":
-        return np.where((xx % period - period / 2) ** 2 + (yy % period - period / 2) ** 2 < (period / 3) ** 2, 0.6, 1.0)
+        r2 = (xx % period - period / 2) ** 2 + (yy % period - period / 2) ** 2
+        return np.where(r2 < (period / 3) ** 2, 0.6, 1.0)
     if kind == "checker":
         return np.where(((xx // period) + (yy // period)) % 2 == 0, 0.6, 1.0)
     return np.ones((size, size))
@@ -53,7 +55,8 @@ def _texture(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
 
 def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     coarse = rng.uniform(60, 190, size=(6, 6, 3))
-    bg = np.stack([ndimage.zoom(coarse[..., c], size / 6, order=3) for c in range(3)], -1)[:size, :size]
+    bg = np.stack([ndimage.zoom(coarse[..., c], size / 6, order=3) for c in range(3)], -1)
+    bg = bg[:size, :size]
     bg += rng.normal(0, 12, size=(size, size, 3))
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
@@ -65,7 +68,8 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(img, np.float64)
 
 
-def _shape_mask(size: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _shape_mask(size: int, rng: np.random.Generator,
+                ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     w, h = (int(v) for v in rng.integers(size // 5, size // 2, 2))
     x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
     canvas = Image.new("L", (size, size), 0)
@@ -107,7 +111,8 @@ def generate_example(size: int, rng: np.random.Generator):
 
 def _xml(image_id: str, size: int, boxes) -> str:
     objects = "".join(
-        f"<object><name>{CLASS_NAMES[c]}</name><difficult>0</difficult><bndbox><xmin>{x0 + 1}</xmin>"
+        f"<object><name>{CLASS_NAMES[c]}</name><difficult>0</difficult>"
+        f"<bndbox><xmin>{x0 + 1}</xmin>"
         f"<ymin>{y0 + 1}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
         for c, x0, y0, x1, y1 in boxes
     )
@@ -115,7 +120,8 @@ def _xml(image_id: str, size: int, boxes) -> str:
             f"<height>{size}</height><depth>3</depth></size>{objects}</annotation>")
 
 
-def write_dataset(root: pathlib.Path, num_train: int, num_val: int, image_size: int, seed: int) -> None:
+def write_dataset(root: pathlib.Path, num_train: int, num_val: int, image_size: int,
+                  seed: int) -> None:
     """Writes the dataset into `root` (which must not exist yet)."""
     for sub in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation"):
         (root / sub).mkdir(parents=True, exist_ok=True)

@@ -77,11 +77,12 @@ def validate_labels(label: np.ndarray, source) -> np.ndarray:
 
 
 def read_mask(path) -> np.ndarray:
-    """Reads a VOC class mask (palette PNG: the pixel values are the class indices) as uint8 [H, W]."""
+    """Reads a VOC class mask (palette PNG: pixel values are class indices) as uint8 [H, W]."""
     path = pathlib.Path(path)
     img = _open(path)
     if img.mode not in ("P", "L"):
-        raise DataError(f"{path}: class mask must be a palette (P) or grayscale (L) PNG, got mode {img.mode}")
+        raise DataError(f"{path}: class mask must be a palette (P) or grayscale (L) PNG, "
+                        f"got mode {img.mode}")
     return validate_labels(np.asarray(img, np.uint8), path)
 
 
@@ -92,11 +93,18 @@ def read_sbd_mat(path, key: str) -> np.ndarray:
     path = pathlib.Path(path)
     try:
         mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
-        seg = np.asarray(getattr(mat[key], "Segmentation"), np.uint8)
+        seg = np.asarray(getattr(mat[key], "Segmentation"))
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:  # noqa: BLE001  (scipy raises many types on bad files)
         raise DataError(f"{path}: unreadable SBD .mat ({type(e).__name__}: {e})") from None
+    if seg.ndim != 2 or seg.dtype.kind not in "uif":
+        raise DataError(f"{path}: {key}.Segmentation must be a 2-D numeric array, got "
+                        f"{seg.dtype} {seg.shape}")
+    if seg.dtype != np.uint8:  # a cast would wrap 256 -> 0 silently: check first
+        if seg.size and (seg.min() < 0 or seg.max() > 255 or not np.all(seg == np.round(seg))):
+            raise DataError(f"{path}: {key}.Segmentation holds values outside the integers 0..255")
+        seg = seg.astype(np.uint8)
     return seg
 
 
@@ -118,15 +126,23 @@ def parse_boxes_xml(path) -> tuple[np.ndarray, np.ndarray]:
             x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         except (AttributeError, TypeError, ValueError):
             raise DataError(f"{path}: object {name!r} has a missing or malformed bndbox") from None
+        if x1 < x0 or y1 < y0:
+            raise DataError(f"{path}: object {name!r} has an inverted bndbox "
+                            f"({x0:g}, {y0:g}, {x1:g}, {y1:g})")
         boxes.append((x0 - 1, y0 - 1, x1, y1))  # VOC boxes are 1-based inclusive
         labels.append(CLASS_NAMES.index(name))
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int32)
 
 
+def _present_values(a: np.ndarray) -> np.ndarray:
+    """Sorted values present in a uint8 map (np.unique without the sort)."""
+    return np.flatnonzero(np.bincount(a.ravel(), minlength=256))
+
+
 def boxes_from_instances(inst: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Boxes of every instance id (1..254) in an instance map, labelled by the majority class."""
     boxes, labels = [], []
-    for i in np.unique(inst):
+    for i in _present_values(inst):
         if i == 0 or i == IGNORE_LABEL:
             continue
         ys, xs = np.nonzero(inst == i)
@@ -144,7 +160,7 @@ def boxes_from_class_mask(cls: np.ndarray, min_pixels: int = 16) -> tuple[np.nda
     from scipy import ndimage  # noqa: PLC0415
 
     boxes, labels = [], []
-    for c in np.unique(cls):
+    for c in _present_values(cls):
         if c == 0 or c == IGNORE_LABEL:
             continue
         comp, n = ndimage.label(cls == c, structure=np.ones((3, 3)))
@@ -196,6 +212,7 @@ class VOCDataset:
             raise DataError(f"{self.root}: VOC root folder not found")
         self._sources = self._resolve(split)
         self.ids = list(self._sources)
+        self._box_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- split resolution -------------------------------------------------------------------
     def _voc_source(self, i: str) -> _Source:
@@ -214,8 +231,9 @@ class VOCDataset:
         if not img.is_file():
             img = self.root / "JPEGImages" / f"{i}.jpg"
         xml = self.root / "Annotations" / f"{i}.xml"
+        inst = self.sbd_root / "inst" / f"{i}.mat"
         return _Source(img, self.sbd_root / "cls" / f"{i}.mat", "sbd",
-                       xml if xml.is_file() else None, self.sbd_root / "inst" / f"{i}.mat")
+                       xml if xml.is_file() else None, inst if inst.is_file() else None)
 
     def _resolve(self, split: str) -> dict[str, _Source]:
         seg = self.root / "ImageSets" / "Segmentation"
@@ -248,8 +266,16 @@ class VOCDataset:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def image_path(self, i: str) -> pathlib.Path:
+        """The image file of example `i` (VOC JPEGImages or SBD img)."""
+        return self._sources[i].image
+
     def load(self, i: str) -> dict:
-        """Reads and validates one example by id (raises DataError on bad input)."""
+        """Reads and validates one example by id (raises DataError on bad input).
+
+        Boxes are computed once per id and cached (they depend only on the files): the
+        connected-components fallback costs as much as decoding the image.
+        """
         src = self._sources[i]
         image = read_image(src.image)
         label = read_mask(src.label) if src.label_kind == "png" else validate_labels(
@@ -259,17 +285,35 @@ class VOCDataset:
                 f"{src.label}: mask size {label.shape[1]}x{label.shape[0]} differs from image "
                 f"{src.image} size {image.shape[1]}x{image.shape[0]}"
             )
+        cached = self._box_cache.get(i)
+        if cached is None:
+            cached = self._boxes(src, label)
+            for a in cached:
+                a.setflags(write=False)  # shared between calls
+            self._box_cache[i] = cached
+        boxes, box_labels = cached
+        return dict(id=i, image=image, label=label, boxes=boxes, box_labels=box_labels)
+
+    @staticmethod
+    def _boxes(src: _Source, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h, w = label.shape
         if src.xml is not None:
             boxes, box_labels = parse_boxes_xml(src.xml)
-        elif src.instances is not None:
+            clipped = np.clip(boxes, 0, [w, h, w, h])
+            empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+            if empty.any():
+                raise DataError(f"{src.xml}: box {boxes[np.argmax(empty)].tolist()} lies outside "
+                                f"the {w}x{h} image")
+            return clipped.astype(np.float32), box_labels
+        if src.instances is not None:
             inst = read_mask_raw(src.instances) if src.label_kind == "png" else read_sbd_mat(
                 src.instances, "GTinst")
-            boxes, box_labels = boxes_from_instances(inst, label)
-        else:
-            boxes, box_labels = boxes_from_class_mask(label)
-        h, w = label.shape
-        boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
-        return dict(id=i, image=image, label=label, boxes=boxes, box_labels=box_labels)
+            if inst.shape != label.shape:
+                raise DataError(f"{src.instances}: instance map size "
+                                f"{inst.shape[1]}x{inst.shape[0]} differs from class mask "
+                                f"size {w}x{h}")
+            return boxes_from_instances(inst, label)
+        return boxes_from_class_mask(label)
 
     def __getitem__(self, index: int) -> dict | None:
         """Example `index`; in lenient mode a bad example returns None and is counted."""
@@ -279,7 +323,8 @@ class VOCDataset:
         except DataError as e:
             if self.strict:
                 raise
-            self.skipped.append((i, str(e)))
+            if all(i != j for j, _ in self.skipped):  # count each bad example once
+                self.skipped.append((i, str(e)))
             return None
 
     def __iter__(self) -> Iterator[dict]:
