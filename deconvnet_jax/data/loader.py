@@ -53,6 +53,15 @@ def open_split(data_config, split: str) -> VOCDataset:
     return VOCDataset(dataset_root(data_config), split, sbd_root=sbd, strict=data_config.strict)
 
 
+def _allow_unparsed_absl_flags() -> None:
+    """grain's worker processes read absl flags, which raises outside an absl app (scripts,
+    notebooks, pytest: google/grain#1355); there the flags' defaults are what we want."""
+    from absl import flags  # noqa: PLC0415
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 class _CropTransform(grain.transforms.RandomMap):
     """Reads example `i` of the dataset and samples one normalised training crop."""
 
@@ -108,6 +117,7 @@ class TrainLoader:
             num_threads=0 if data_config.num_workers else 2,
             prefetch_buffer_size=4 * local_batch))
         if data_config.num_workers:
+            _allow_unparsed_absl_flags()
             it_ds = it_ds.mp_prefetch(
                 grain.MultiprocessingOptions(num_workers=data_config.num_workers))
         self._it = iter(it_ds)
