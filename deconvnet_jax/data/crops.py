@@ -26,20 +26,35 @@ MODES = ("stage1", "stage2", "whole")
 cv2.setNumThreads(1)  # loader workers parallelise across examples instead
 
 
+# per-channel constants as OpenCV scalars (4 entries)
+_CV_BGR_MEAN = tuple(float(v) for v in CAFFE_BGR_MEAN) + (0.0,)
+_CV_IMAGENET_SCALE = tuple(float(v) for v in 1 / (255 * IMAGENET_STD.astype(np.float64))) + (0.0,)
+_CV_IMAGENET_SHIFT = tuple(float(v) for v in IMAGENET_MEAN / IMAGENET_STD.astype(np.float64)) + (
+    0.0,)
+
+
 def normalize(image: np.ndarray, mode: str = "caffe_bgr") -> np.ndarray:
-    """uint8 RGB [..., 3] -> float32 network input.
+    """uint8 RGB [..., 3] -> float32 network input [..., 3].
 
     Args:
       image: uint8 RGB image(s).
       mode: "caffe_bgr" (reorder to BGR, subtract the release's mean, 0..255 scale) or
         "imagenet" (RGB / 255, minus mean, over std: torchvision weights).
+
+    OpenCV on a flat pixel row: 15x faster than NumPy on the stride-3 channel axis (which made
+    normalisation a third of a training crop's cost).
     """
-    x = image.astype(np.float32)
+    if mode not in ("caffe_bgr", "imagenet"):
+        raise ValueError(f"unknown normalization {mode!r} (expected 'caffe_bgr' or 'imagenet')")
+    image = np.asarray(image, np.uint8)
+    flat = np.ascontiguousarray(image).reshape(1, -1, 3)  # [1, pixels, 3]
     if mode == "caffe_bgr":
-        return x[..., ::-1] - CAFFE_BGR_MEAN
-    if mode == "imagenet":
-        return (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    raise ValueError(f"unknown normalization {mode!r} (expected 'caffe_bgr' or 'imagenet')")
+        bgr = cv2.cvtColor(flat, cv2.COLOR_RGB2BGR).astype(np.float32)
+        out = cv2.subtract(bgr, _CV_BGR_MEAN)
+    else:
+        out = cv2.subtract(cv2.multiply(flat.astype(np.float32), _CV_IMAGENET_SCALE),
+                           _CV_IMAGENET_SHIFT)
+    return out.reshape(image.shape)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -77,17 +92,25 @@ def extract_window(image: np.ndarray, label: np.ndarray | None, window, out_size
     h, w = image.shape[:2]
     x0, y0 = math.floor(window[0]), math.floor(window[1])
     x1, y1 = max(math.ceil(window[2]), x0 + 1), max(math.ceil(window[3]), y0 + 1)
-    crop_img = np.empty((y1 - y0, x1 - x0, image.shape[2]), image.dtype)
-    crop_img[...] = pad_value
-    crop_lab = np.full((y1 - y0, x1 - x0), IGNORE_LABEL, np.uint8)
     ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if ix1 > ix0 and iy1 > iy0:
-        crop_img[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = image[iy0:iy1, ix0:ix1]
-        if label is not None:
-            crop_lab[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = label[iy0:iy1, ix0:ix1]
+    pad = tuple(float(v) for v in np.broadcast_to(np.asarray(pad_value, np.float64), (3,)))
+    if ix1 <= ix0 or iy1 <= iy0:  # entirely outside the image
+        out_img = np.empty((out_size, out_size, 3), np.uint8)
+        out_img[...] = np.asarray(pad, np.uint8)
+        out_lab = np.full((out_size, out_size), IGNORE_LABEL, np.uint8)
+        return out_img, (out_lab if label is not None else None)
+    # the part inside the image as a view, padded only where the window leaves it
+    border = (iy0 - y0, y1 - iy1, ix0 - x0, x1 - ix1)  # top, bottom, left, right
+    crop_img = image[iy0:iy1, ix0:ix1]
+    if any(border):
+        crop_img = cv2.copyMakeBorder(crop_img, *border, cv2.BORDER_CONSTANT, value=pad)
     out_img = cv2.resize(crop_img, (out_size, out_size), interpolation=cv2.INTER_LINEAR)
     if label is None:
         return out_img, None
+    crop_lab = label[iy0:iy1, ix0:ix1]
+    if any(border):
+        crop_lab = cv2.copyMakeBorder(crop_lab, *border, cv2.BORDER_CONSTANT,
+                                      value=float(IGNORE_LABEL))
     # NEAREST_EXACT samples at pixel centres, as INTER_LINEAR does (and PIL's NEAREST); plain
     # INTER_NEAREST samples at floor(dst * scale), half a pixel off the image it labels.
     return out_img, cv2.resize(crop_lab, (out_size, out_size),
