@@ -1,0 +1,236 @@
+"""Training-step throughput: the JAX DeconvNet vs the PyTorch reference, same batch/size/precision.
+
+Both do one full training step: forward in train mode (batch-statistics BN), pixel softmax
+cross-entropy ignoring 255 averaged over valid pixels, backward, SGD momentum 0.9 with weight decay
+5e-4 on kernels. Same random weights (copied through deconvnet_jax.interop) and the same batch.
+Times are medians of repeated steps after warm-up, device synchronised. On a GPU both use bf16
+(JAX: bf16 compute with f32 params; PyTorch: bf16 autocast + channels_last).
+
+  python benchmarks/bench_train.py --batch 2 --out benchmarks/results/train_cpu.json
+  python benchmarks/bench_train.py --batch 32 --dtype bfloat16 --torch_compile --max_batch \
+      --peak_tflops 798 --out benchmarks/results/train_h100.json      # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import common  # noqa: F401  (puts the repo root on sys.path)
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from deconvnet_jax import optim, train_lib
+from deconvnet_jax.models.deconvnet import DeconvNet
+
+
+def _optim_config(lr: float = 1e-3) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        name="sgd", lr=lr, momentum=0.9, weight_decay=5e-4, bias_lr_mult=1.0, schedule="constant",
+        decay_steps=(), gamma=0.1, accum_steps=1, clip_norm=0.0))
+
+
+def _batch(batch: int, size: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 21, (batch, size, size)).astype(np.int32)
+    label[:, : size // 10] = 255
+    return {"image": rng.standard_normal((batch, size, size, 3)).astype(np.float32), "label": label}
+
+
+def jax_setup(args, batch: int):
+    """(step fn, state, device batch, init seconds)."""
+    model = DeconvNet(width_multiplier=args.width, dtype=jnp.dtype(args.dtype), remat=args.remat,
+                      unpool_impl=args.unpool or None)
+    shape = (1, args.size, args.size, 3)
+    pshapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))["params"]
+    tx = optim.make_optimizer(_optim_config(), pshapes)
+    init = jax.jit(functools.partial(train_lib.create_train_state, model, tx, 0, shape))
+    t0 = time.perf_counter()
+    state = jax.block_until_ready(init())
+    init_s = time.perf_counter() - t0
+    step = jax.jit(train_lib.make_train_step(model, tx), donate_argnums=(0,))
+    data = jax.device_put(_batch(batch, args.size))
+    return step, state, data, init_s
+
+
+def run_jax(args) -> dict:
+    step, state, data, init_s = jax_setup(args, args.batch)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, data).compile()
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def one():
+        holder["state"], m = compiled(holder["state"], data)
+        return jax.block_until_ready(m)["loss"]
+
+    first_loss = float(one())
+    med, times = common.median_time(one, args.repeats)
+    mem = compiled.memory_analysis()
+    out = dict(step_s=med, times_s=times, compile_s=compile_s, init_s=init_s, first_loss=first_loss)
+    if mem is not None:
+        out["temp_bytes"] = int(mem.temp_size_in_bytes)
+        out["argument_bytes"] = int(mem.argument_size_in_bytes)
+    return out
+
+
+def _torch_model(args, state_dict):
+    import torch  # noqa: PLC0415
+
+    from deconvnet_jax.torch_reference import DeconvNetTorch  # noqa: PLC0415
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = DeconvNetTorch(width_multiplier=args.width).to(device).train()
+    if state_dict is not None:
+        model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()},
+                              strict=False)
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, device
+
+
+def torch_step_fn(args, model, device, batch: int, compiled: bool):
+    import torch  # noqa: PLC0415
+
+    decay = [p for n, p in model.named_parameters() if n.endswith("weight") and "_bn" not in n]
+    rest = [p for n, p in model.named_parameters() if not (n.endswith("weight") and "_bn" not in n)]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": rest, "weight_decay": 0}],
+                          lr=1e-3, momentum=0.9)
+    data = _batch(batch, args.size)
+    x = torch.as_tensor(data["image"]).permute(0, 3, 1, 2).contiguous().to(device)
+    y = torch.as_tensor(data["label"]).long().to(device)
+    if device == "cuda":
+        x = x.to(memory_format=torch.channels_last)
+    fwd = torch.compile(model) if compiled else model
+    bf16 = args.dtype == "bfloat16"
+
+    def one():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            logits = fwd(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y, ignore_index=255)
+        loss.backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return loss.item()
+
+    return one
+
+
+def run_torch(args, state_dict, compiled: bool) -> dict:
+    model, device = _torch_model(args, state_dict)
+    one = torch_step_fn(args, model, device, args.batch, compiled)
+    t0 = time.perf_counter()
+    first_loss = one()
+    compile_s = time.perf_counter() - t0
+    med, times = common.median_time(one, args.repeats)
+    return dict(step_s=med, times_s=times, first_step_s=compile_s, first_loss=first_loss)
+
+
+def _fits(try_step) -> bool:
+    try:
+        try_step()
+        return True
+    except Exception as e:  # noqa: BLE001  (XLA / CUDA raise various OOM types)
+        text = str(e).lower()
+        if "resource_exhausted" in text or "out of memory" in text or "oom" in text:
+            return False
+        raise
+
+
+def largest_batch(try_batch, start: int, limit: int) -> int:
+    """Largest batch b <= limit with try_batch(b) fitting: doubling, then bisection."""
+    lo, hi = 0, None
+    b = start
+    while b <= limit and _fits(lambda: try_batch(b)):
+        lo, b = b, b * 2
+    hi = min(b, limit + 1)
+    while hi - lo > max(1, lo // 16):
+        mid = (lo + hi) // 2
+        if _fits(lambda: try_batch(mid)):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def max_batches(args) -> dict:
+    import torch  # noqa: PLC0415
+
+    def jax_try(b, remat):
+        a = argparse.Namespace(**{**vars(args), "remat": remat})
+        step, state, data, _ = jax_setup(a, b)
+        jax.block_until_ready(step(state, data)[1])
+
+    def torch_try(b):
+        model, device = _torch_model(args, None)
+        try:
+            torch_step_fn(args, model, device, b, False)()
+        finally:
+            del model
+            torch.cuda.empty_cache()
+
+    return {"jax": largest_batch(lambda b: jax_try(b, False), 8, args.max_batch_limit),
+            "jax_remat": largest_batch(lambda b: jax_try(b, True), 8, args.max_batch_limit),
+            "torch_eager": largest_batch(torch_try, 8, args.max_batch_limit)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--unpool", default="", help="'scatter' | 'window' ('' = default)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--max_batch", action="store_true", help="search the largest batch (GPU)")
+    parser.add_argument("--max_batch_limit", type=int, default=1024)
+    parser.add_argument("--peak_tflops", type=float, default=0.0, help="device peak for MFU")
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+
+    from deconvnet_jax.interop.torch_weights import flax_to_torch_state_dict  # noqa: PLC0415
+
+    model = DeconvNet(width_multiplier=args.width)
+    variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0),
+                                           jnp.zeros((1, args.size, args.size, 3))))()
+    state_dict = flax_to_torch_state_dict(jax.device_get(variables))
+    del variables
+
+    flops = 3 * common.deconvnet_forward_flops(args.size, args.size, args.width) * args.batch
+    rows = {"jax": run_jax(args), "torch_eager": run_torch(args, state_dict, False)}
+    if args.torch_compile:
+        rows["torch_compile"] = run_torch(args, state_dict, True)
+    for r in rows.values():
+        r["images_per_s"] = args.batch / r["step_s"]
+        r["achieved_tflops"] = flops / r["step_s"] / 1e12
+        if args.peak_tflops:
+            r["mfu"] = r["achieved_tflops"] / args.peak_tflops
+    ratios = {f"jax_time_over_{k}": rows["jax"]["step_s"] / rows[k]["step_s"] for k in rows if k != "jax"}
+    result = dict(
+        benchmark="training step (forward + backward + SGD momentum), full network",
+        batch=args.batch, size=args.size, width_multiplier=args.width, dtype=args.dtype,
+        remat=args.remat, unpool=args.unpool or "default",
+        gflop_per_image_step=flops / args.batch / 1e9, results=rows, ratios=ratios,
+        env=common.environment(),
+    )
+    if args.max_batch:
+        result["largest_batch"] = max_batches(args)
+    print(f"train step: batch {args.batch} {args.size}x{args.size} width {args.width} {args.dtype}")
+    print(f"{'impl':<15}{'s/step':>10}{'img/s':>10}{'TFLOP/s':>10}")
+    for k, r in rows.items():
+        print(f"{k:<15}{r['step_s']:>10.3f}{r['images_per_s']:>10.2f}{r['achieved_tflops']:>10.3f}")
+    for k, v in ratios.items():
+        print(f"{k}: {v:.3f}")
+    print(f"JAX compile {rows['jax']['compile_s']:.1f}s, init {rows['jax']['init_s']:.1f}s")
+    common.write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
