@@ -109,6 +109,17 @@ def test_strict_and_lenient_preparation(tmp_path):
     np.testing.assert_array_equal(view.load(ids[0])["label"], lenient_ref.load(ids[0])["label"])
 
 
+def test_command_line(tmp_path, capsys):
+    root = make_voc_tree(tmp_path / "manual" / "VOC2012", num_train=3, num_val=1, size=64)
+    ids = (root / "ImageSets/Segmentation/train.txt").read_text().split()
+    break_file(root / "SegmentationClass" / f"{ids[0]}.png", "garbage")
+    tfds_voc.main(["--data_dir", str(tmp_path / "tfds"), "--manual_dir", str(tmp_path / "manual"),
+                   "--lenient"])
+    out = capsys.readouterr().out
+    assert "train: 2 examples" in out and "val: 1 examples" in out
+    assert f"1 bad examples skipped, e.g. {root}/SegmentationClass/{ids[0]}.png: corrupt" in out
+
+
 def test_missing_sources_are_named(tmp_path):
     (tmp_path / "manual").mkdir()
     (tmp_path / "manual" / "readme.txt").write_text("nothing here")

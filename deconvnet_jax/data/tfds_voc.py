@@ -334,3 +334,27 @@ class TFDSVOCDataset:
         for k in range(len(self)):
             yield self[k]
 
+
+
+def main(argv=None) -> None:
+    """`python -m deconvnet_jax.data.tfds_voc --data_dir D [--manual_dir M] [--config aug]`
+    (the `tfds build` CLI imports TensorFlow; this does not)."""
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description="Prepare voc2012_segmentation (no TensorFlow).")
+    parser.add_argument("--data_dir", required=True, help="TFDS data folder to write into")
+    parser.add_argument("--manual_dir", default=None,
+                        help="folder with the archives or extracted folders (else: download)")
+    parser.add_argument("--config", default="plain", choices=("plain", "aug"))
+    parser.add_argument("--lenient", action="store_true", help="skip bad examples (counted)")
+    args = parser.parse_args(argv)
+    builder = prepare(args.data_dir, args.manual_dir, args.config, strict=not args.lenient)
+    for name, split in builder.info.splits.items():
+        print(f"{name}: {split.num_examples} examples")
+    if builder.skipped:
+        print(f"{len(builder.skipped)} bad examples skipped, e.g. {builder.skipped[0][1]}")
+    print(f"prepared in {builder.data_dir}")
+
+
+if __name__ == "__main__":
+    main()
