@@ -2,6 +2,7 @@
 manual_dir (extracted folders and archives) without TensorFlow, read back with
 as_data_source equal to the folder reader; strict / lenient preparation."""
 
+import hashlib
 import sys
 import tarfile
 
@@ -133,3 +134,42 @@ def test_missing_sources_are_named(tmp_path):
         tfds_voc.prepare(tmp_path / "tfds", manual_dir=tmp_path / "manual", config="aug")
     with pytest.raises(DataError, match="is not prepared"):
         tfds_voc.TFDSVOCDataset(tmp_path / "nothing", "train")
+
+
+class _OfflineDownloads:
+    """Stands in for tfds' DownloadManager without a manual_dir: `download` hands back local
+    archives (no network), as the real one hands back the downloaded files."""
+
+    def __init__(self, archives, download_dir):
+        self.archives, self.download_dir, self.asked = archives, download_dir, None
+
+    @property
+    def manual_dir(self):
+        raise AssertionError("Manual directory ... does not exist or is empty")
+
+    def download(self, urls):
+        self.asked = dict(urls)
+        return {k: self.archives[k] for k in urls}
+
+
+def test_online_path_checks_md5_and_extracts(tmp_path, monkeypatch):
+    root = make_voc_tree(tmp_path / "src" / "VOC2012", num_train=2, num_val=1, size=64)
+    archive = tmp_path / "dl" / "VOCtrainval_11-May-2012.tar"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root, arcname="VOCdevkit/VOC2012")
+    dl = _OfflineDownloads({"voc": archive}, tmp_path / "dl")
+    builder = tfds_voc.Voc2012Segmentation(config="plain", data_dir=str(tmp_path / "tfds"))
+    with pytest.raises(DataError, match="md5 .* is not the official 6cd6e144"):
+        builder._split_generators(dl)  # our archive is not the official one
+    assert dl.asked == {"voc": tfds_voc.VOC_URL}
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setitem(tfds_voc._MD5, "voc", md5)
+    gens = builder._split_generators(dl)
+    assert sorted(gens) == ["train", "val"]
+    records = dict(gens["train"])
+    reference = VOCDataset(root, "train")
+    assert sorted(records) == sorted(reference.ids)
+    i = reference.ids[0]
+    assert records[i]["image"] == (root / "JPEGImages" / f"{i}.jpg").read_bytes()
+    np.testing.assert_array_equal(np.asarray(records[i]["label"]), reference.load(i)["label"])

@@ -26,6 +26,7 @@ VOCDataset interface (ids, load, strict, skipped) over a prepared split.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -43,8 +44,10 @@ from tqdm import tqdm
 from deconvnet_jax.data.voc import CLASS_NAMES, DataError, VOCDataset
 
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
-SBD_URL = ("http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
+SBD_URL = ("https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
            "benchmark.tgz")
+# md5 of the official archives (as torchvision's VOCSegmentation / SBDataset check them)
+_MD5 = {"voc": "6cd6e144f989b92b3379bac3b3de84fd", "sbd": "82b4d87ceb2ed10f6038a1cba92111cb"}
 _ARCHIVES = {"voc": ("VOCtrainval_11-May-2012.tar", "VOCtrainval*.tar"),
              "sbd": ("benchmark.tgz", "benchmark*.tgz", "benchmark*.tar.gz", "benchmark*.tar")}
 # Big leaf folders never searched for a dataset root.
@@ -131,6 +134,17 @@ def locate(base: pathlib.Path, kind: str, extract_to: pathlib.Path) -> pathlib.P
     return None
 
 
+def check_md5(path: pathlib.Path, expected: str) -> None:
+    """Raises DataError when the file's md5 is not `expected` (a broken download)."""
+    md5 = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            md5.update(block)
+    if md5.hexdigest() != expected:
+        raise DataError(f"{path}: md5 {md5.hexdigest()} is not the official {expected} "
+                        "(incomplete or corrupt download: delete it and retry)")
+
+
 def _manual_dir(dl_manager) -> pathlib.Path | None:
     """The user's manual_dir, or None when none was given (or it is empty)."""
     try:
@@ -209,9 +223,10 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
                                 f"{_ARCHIVES['sbd'][0]}")
         else:  # online: TFDS downloads (requests, no TensorFlow); tarfile extracts
             urls = {"voc": VOC_URL, **({"sbd": SBD_URL} if need_sbd else {})}
-            archives = dl_manager.download(urls)
-            roots = {k: find_root(extract_archive(pathlib.Path(os.fspath(p)), extract_to), k)
-                     for k, p in archives.items()}
+            archives = {k: pathlib.Path(os.fspath(p)) for k, p in dl_manager.download(urls).items()}
+            for k, path in archives.items():
+                check_md5(path, _MD5[k])
+            roots = {k: find_root(extract_archive(p, extract_to), k) for k, p in archives.items()}
             voc_root, sbd_root = roots["voc"], roots.get("sbd")
         return {split: self._generate_examples(voc_root=voc_root, split=split, sbd_root=sbd_root)
                 for split in self.builder_config.splits}
