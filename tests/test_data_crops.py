@@ -268,5 +268,10 @@ def test_normalize_values():
         assert out.dtype == np.float32
         scale = 1.0 if mode == "caffe_bgr" else 1 / (255 * 0.224)
         assert np.abs(out).max() <= 0.5 * scale + 1e-6  # padding normalises to ~0
+    batch = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3)).astype(np.uint8)
+    for mode in ("caffe_bgr", "imagenet"):  # uint8 (OpenCV) and float (NumPy) paths agree
+        fast, slow = crops.normalize(batch, mode), crops.normalize(batch.astype(np.float64), mode)
+        assert fast.shape == slow.shape == batch.shape and fast.dtype == slow.dtype == np.float32
+        np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="unknown normalization 'bgr'"):
         crops.normalize(px, "bgr")

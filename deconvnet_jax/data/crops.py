@@ -37,7 +37,7 @@ def normalize(image: np.ndarray, mode: str = "caffe_bgr") -> np.ndarray:
     """uint8 RGB [..., 3] -> float32 network input [..., 3].
 
     Args:
-      image: uint8 RGB image(s).
+      image: RGB image(s), uint8 (fast path) or any numeric type on the 0..255 scale.
       mode: "caffe_bgr" (reorder to BGR, subtract the release's mean, 0..255 scale) or
         "imagenet" (RGB / 255, minus mean, over std: torchvision weights).
 
@@ -46,7 +46,12 @@ def normalize(image: np.ndarray, mode: str = "caffe_bgr") -> np.ndarray:
     """
     if mode not in ("caffe_bgr", "imagenet"):
         raise ValueError(f"unknown normalization {mode!r} (expected 'caffe_bgr' or 'imagenet')")
-    image = np.asarray(image, np.uint8)
+    image = np.asarray(image)
+    if image.dtype != np.uint8:  # e.g. float 0..255: the plain NumPy formula
+        x = image.astype(np.float32)
+        if mode == "caffe_bgr":
+            return x[..., ::-1] - CAFFE_BGR_MEAN
+        return (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     flat = np.ascontiguousarray(image).reshape(1, -1, 3)  # [1, pixels, 3]
     if mode == "caffe_bgr":
         bgr = cv2.cvtColor(flat, cv2.COLOR_RGB2BGR).astype(np.float32)
