@@ -172,7 +172,7 @@ def test_stage1_on_real_samples_keeps_the_object(voc_samples):
     for ex in ds:
         for box, c in zip(ex["boxes"], ex["box_labels"]):
             window = crops.stage1_window(box, 1.2)
-            img, lab = crops.extract_window(ex["image"], ex["label"], window, 250)
+            _, lab = crops.extract_window(ex["image"], ex["label"], window, 250)
             assert (lab == c).mean() > 0.01  # the object is in its window
             # a 1.2x window leaves a margin of ~1/12 of its side on each side around the box
             bw = (box[2] - box[0]) * 1.2

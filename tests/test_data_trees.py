@@ -58,7 +58,7 @@ def grey_index(image: np.ndarray) -> int:
     from deconvnet_jax.data.crops import CAFFE_BGR_MEAN  # noqa: PLC0415
 
     value = float(np.mean(image[..., 0] + CAFFE_BGR_MEAN[0]))  # B channel back to 0..255
-    return int(round((value - 5) / 10))
+    return round((value - 5) / 10)
 
 
 def write_sbd_mat(path: pathlib.Path, key: str, seg: np.ndarray) -> None:

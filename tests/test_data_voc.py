@@ -9,8 +9,7 @@ from PIL import Image
 
 from deconvnet_jax.data import voc
 from deconvnet_jax.data.voc import DataError, VOCDataset
-from tests.test_data_trees import (break_file, make_voc_tree, save_mask, write_sbd_mat,
-                                   write_split)
+from tests.test_data_trees import break_file, make_voc_tree, save_mask, write_sbd_mat, write_split
 
 # --- real samples ------------------------------------------------------------------------
 
@@ -70,9 +69,9 @@ def test_boxes_inside_images_and_on_their_class(voc_samples):
 def _xml_reference(text: str):
     """Regex reading of a VOC XML (independent of ElementTree): [(name, x0, y0, x1, y1)]."""
     out = []
-    for obj in re.findall(r"<object>(.*?)</object>", text, re.S):
+    for obj in re.findall(r"<object>(.*?)</object>", text, re.DOTALL):
         name = re.search(r"<name>\s*(\w+)\s*</name>", obj).group(1)
-        bb = re.search(r"<bndbox>(.*?)</bndbox>", obj, re.S).group(1)
+        bb = re.search(r"<bndbox>(.*?)</bndbox>", obj, re.DOTALL).group(1)
         v = {k: float(re.search(rf"<{k}>\s*([\d.]+)\s*</{k}>", bb).group(1))
              for k in ("xmin", "ymin", "xmax", "ymax")}
         out.append((name, v["xmin"] - 1, v["ymin"] - 1, v["xmax"], v["ymax"]))

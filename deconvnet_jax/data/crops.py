@@ -11,7 +11,7 @@ crop -> random horizontal flip. Windows that leave the image read image 0 and la
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np

@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import math
 import pathlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import grain
 import numpy as np
 
 from deconvnet_jax.data import crops, synthetic
 from deconvnet_jax.data.voc import IGNORE_LABEL, DataError, VOCDataset
+
+log = logging.getLogger(__name__)
 
 normalize = crops.normalize  # re-exported: inference uses the same normalisation
 
@@ -138,7 +140,7 @@ class TrainLoader:
             ex = next(self._it)
             if "skipped_id" in ex:
                 if ex["skipped_id"] not in self._skipped:
-                    logging.warning("skipping bad example %s: %s", ex["skipped_id"], ex["reason"])
+                    log.warning("skipping bad example %s: %s", ex["skipped_id"], ex["reason"])
                 self._skipped[ex["skipped_id"]] = ex["reason"]
                 run += 1
                 if run > self._shard_size:
@@ -200,7 +202,7 @@ def _fit(image, label, size: int, strict: bool, source: str):
 
     scale = size / max(h, w)
     nw, nh = max(1, int(w * scale)), max(1, int(h * scale))
-    logging.warning("%s: %dx%d image resized down to %dx%d to fit eval_size", source, w, h, nw, nh)
+    log.warning("%s: %dx%d image resized down to %dx%d to fit eval_size", source, w, h, nw, nh)
     return (cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR),
             cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT))
 
@@ -231,7 +233,7 @@ def make_eval_loader(data_config, split: str, batch_size: int,
             except DataError as e:
                 if data_config.strict:
                     raise
-                logging.warning("skipping bad example %s: %s", i, e)
+                log.warning("skipping bad example %s: %s", i, e)
                 names.append("")
                 continue
             img, lab = _fit(ex["image"], ex["label"], size, data_config.strict, i)

@@ -43,6 +43,8 @@ from tqdm import tqdm
 
 from deconvnet_jax.data.voc import CLASS_NAMES, DataError, VOCDataset
 
+log = logging.getLogger(__name__)
+
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 SBD_URL = ("https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
            "benchmark.tgz")
@@ -242,7 +244,7 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
                     raise
                 skipped.append((i, str(e)))
         if skipped:
-            logging.warning("voc2012_segmentation/%s %s: %d bad examples skipped (first: %s)",
+            log.warning("voc2012_segmentation/%s %s: %d bad examples skipped (first: %s)",
                             self.builder_config.name, split, len(skipped), skipped[0][1])
         self.skipped += skipped
         self.info.metadata.setdefault("skipped", {})[split] = [list(s) for s in skipped]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import xml.etree.ElementTree as ET
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -93,7 +93,7 @@ def read_sbd_mat(path, key: str) -> np.ndarray:
     path = pathlib.Path(path)
     try:
         mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
-        seg = np.asarray(getattr(mat[key], "Segmentation"))
+        seg = np.asarray(mat[key].Segmentation)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:  # noqa: BLE001  (scipy raises many types on bad files)
@@ -163,7 +163,7 @@ def boxes_from_class_mask(cls: np.ndarray, min_pixels: int = 16) -> tuple[np.nda
     for c in _present_values(cls):
         if c == 0 or c == IGNORE_LABEL:
             continue
-        comp, n = ndimage.label(cls == c, structure=np.ones((3, 3)))
+        comp, _ = ndimage.label(cls == c, structure=np.ones((3, 3)))
         for sl, size in zip(ndimage.find_objects(comp), np.bincount(comp.ravel())[1:]):
             if size >= min_pixels:
                 boxes.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
@@ -172,6 +172,7 @@ def boxes_from_class_mask(cls: np.ndarray, min_pixels: int = 16) -> tuple[np.nda
 
 
 def read_split(path) -> list[str]:
+    """Image ids of a split file (first column of each non-empty line)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
