@@ -1,0 +1,45 @@
+"""FCN-8s on DeconvNet's VGG16-BN encoder: the second member of EDeconvNet (PAPER.md "Inference").
+
+Like the FCN-8s that the release ensembles with, it trains on whole images (data.mode="whole":
+the whole image resized to 250, random 224 crop + flip) of VOC 2012 train + SBD. The Caffe FCN
+solver (unnormalised loss summed over ~190k pixels, lr 1e-10, momentum 0.99, batch 1, no BN) does
+not transfer to this network's pixel-averaged loss and BatchNorm, so the optimiser is DeconvNet's
+recipe (SGD 0.9, lr 0.01, biases x2, weight decay 5e-4, batch 64 = 8 x 8, step at 9000 of 20000
+updates). Encoder/fc6/fc7 from ImageNet VGG16 (init_from a torchvision .pth works unchanged: the
+encoder sits at DeconvNet's parameter paths).
+
+  python train.py --config configs/fcn8s.py --workdir runs/fcn8s \
+      --config.data.voc_root=/data/VOCdevkit/VOC2012 \
+      --config.data.sbd_root=/data/benchmark_RELEASE/dataset \
+      --config.init_from=/weights/vgg16-397923af.pth
+Demo on the generated set (CPU, minutes): add --config.data.name=synthetic
+--config.data.train_split=train --config.model.width_multiplier=0.0625 --config.optim.name=adam
+--config.optim.lr=0.02 --config.optim.accum_steps=1 (the knobs of configs/demo.py).
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model.name = "fcn8s"
+    config.data.name = "voc"
+    config.data.train_split = "train_aug"
+    config.data.mode = "whole"
+    config.data.normalization = "caffe_bgr"  # "imagenet" when init_from is a torchvision .pth
+    config.data.num_workers = 8
+    config.optim.name = "sgd"
+    config.optim.lr = 0.01
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 5e-4
+    config.optim.bias_lr_mult = 2.0
+    config.optim.schedule = "step"
+    config.optim.decay_steps = (9000,)  # optimiser updates (iterations of 64 images)
+    config.optim.gamma = 0.1
+    config.optim.accum_steps = 8
+    config.train.batch_size = 8  # micro-batch; x accum_steps = 64 per update
+    config.train.num_steps = 20000 * 8  # micro-steps
+    config.train.eval_every = 2000 * 8
+    config.train.checkpoint_every = 1000 * 8
+    config.train.log_every = 100
+    return config

@@ -1,0 +1,231 @@
+"""FCN-8s (Long, Shelhamer, Darrell, CVPR 2015) on DeconvNet's VGG16-BN encoder: the second
+member of the EDeconvNet ensemble (PAPER.md "Inference").
+
+Parameter tree (encoder and fc6/fc7 under the same paths as DeconvNet, so VGG16 import via
+``interop.torch_weights.vgg16_to_flax`` and encoder transfer work on it unchanged):
+
+  block1/{conv1_1, conv1_1_bn, conv1_2, conv1_2_bn}   ...  block5/{conv5_1 ... conv5_3_bn}
+  fc/{fc6, fc6_bn, fc7, fc7_bn}                        7x7 valid conv, 1x1 conv, each + BN + ReLU
+  score_fr, score_pool4, score_pool3                   1x1 convs to num_classes (bias, no BN)
+  upscore2, upscore_pool4, upscore8                    transposed convs 4/2, 4/2, 16/8 (no bias),
+                                                       initialised to bilinear upsampling
+
+Geometry: exactly the Caffe ``voc-fcn8s`` net. conv1_1 pads the input by 100 (``FCN_PAD``), the
+pools are 2x2/2 in Caffe's ceil mode, and the score maps are cropped at the offsets Caffe's
+``coord_map`` gives for this net (5, 9, 31). Derivation, writing d(y) for the input-image
+coordinate of position y of a layer (a k x k conv with pad p maps y -> y - p + (k-1)/2, a 2x2/2 pool
+y -> 2y + 1/2, a k/s transposed conv z -> (z - (k-1)/2) / s):
+
+  pool3: d = 8y - 95.5     pool4: d = 16y - 91.5     fc6 / score_fr: d = 32y + 12.5
+  upscore2: d = 16z - 11.5        -> score_pool4 row y = z + 5 has the same d: offset 5
+  upscore_pool4: d = 8z - 23.5    -> score_pool3 row y = z + 9:                 offset 9
+  upscore8: d = z - 31            -> image row y = z - 31:                      offset 31
+
+so the output is [B, H, W, C] aligned pixel-for-pixel with the input for any H, W >= 1 (the pad of
+100 keeps fc6's 7x7 valid window and every crop inside the maps); the crop offsets do not depend on
+the input size. Differences from the Caffe net: BN + ReLU after every conv (as in DeconvNet) and no
+dropout; the upsampling kernels are learned (initialised to bilinear on the class diagonal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deconvnet_jax.models.deconvnet import ENCODER, FC, EncoderBlock, _Layers, scaled
+
+FCN_PAD = 100  # conv1_1's padding in the Caffe net
+CROP_POOL4, CROP_POOL3, CROP_SCORE = 5, 9, 31  # Caffe crop offsets (see the module docstring)
+SCORES = ("score_fr", "score_pool4", "score_pool3")
+UPSAMPLERS: tuple[tuple[str, int, int], ...] = (  # (layer, kernel, stride)
+    ("upscore2", 4, 2),
+    ("upscore_pool4", 4, 2),
+    ("upscore8", 16, 8),
+)
+SCORE_INIT = nn.initializers.zeros  # the FCN release zero-initialises its score layers
+
+
+def fcn_layer_paths() -> dict[str, tuple[str, ...]]:
+    """Original layer name -> path of its module in the FCN8s parameter tree (BN: name + '_bn')."""
+    paths: dict[str, tuple[str, ...]] = {}
+    for block, layers, _ in ENCODER:
+        for layer in layers:
+            paths[layer] = (block, layer)
+    for layer, _, _ in FC[:2]:  # fc6, fc7
+        paths[layer] = ("fc", layer)
+    for layer in SCORES + tuple(name for name, _, _ in UPSAMPLERS):
+        paths[layer] = (layer,)
+    return paths
+
+
+def bilinear_kernel(kernel_size: int) -> np.ndarray:
+    """The 2-D bilinear upsampling filter of FCN's ``surgery.upsample_filt``: [k, k] float32."""
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    ramp = 1 - np.abs(np.arange(kernel_size) - center) / factor  # [k]
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def bilinear_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    """Kernel [k, k, C, C] that upsamples each channel bilinearly (zero across channels)."""
+    del key
+    k, k2, cin, cout = shape
+    if k != k2 or cin != cout:
+        raise ValueError(f"bilinear init needs a square kernel and in == out channels, got {shape}")
+    kernel = np.zeros(shape, np.float32)
+    kernel[:, :, np.arange(cin), np.arange(cin)] = bilinear_kernel(k)[:, :, None]
+    return jnp.asarray(kernel, dtype)
+
+
+def max_pool_ceil(x: jax.Array) -> jax.Array:
+    """2x2/2 max pooling in Caffe's ceil mode: [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C].
+
+    An odd last row/column is pooled on its own (the window is padded with -inf).
+    """
+    pad = ((0, x.shape[1] % 2), (0, x.shape[2] % 2))
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding=pad)
+
+
+def crop(x: jax.Array, offset: int, hw: tuple[int, int]) -> jax.Array:
+    """x[:, offset:offset + h, offset:offset + w] (Caffe's Crop layer on axes 2, 3)."""
+    h, w = hw
+    if x.shape[1] < offset + h or x.shape[2] < offset + w:
+        raise ValueError(
+            f"FCN-8s crop at offset {offset} of size {h}x{w} does not fit in a "
+            f"{x.shape[1]}x{x.shape[2]} map"
+        )
+    return x[:, offset : offset + h, offset : offset + w, :]
+
+
+class Upsample(nn.Module):
+    """Strided transposed convolution without padding or bias (Caffe "Deconvolution" with
+    bias_term false, torch ConvTranspose2d(bias=False)): [B, n, m, I] -> [B, (n-1)s+k, (m-1)s+k, O].
+
+    The kernel is stored [k, k, in, out] with ``kernel[y, x, i, o] == torch_weight[i, o, y, x]``
+    (the same convention as deconvnet.Deconv) and starts as bilinear upsampling.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s = self.kernel_size, self.stride
+        shape = (k, k, x.shape[-1], self.features)
+        kernel = self.param("kernel", bilinear_init, shape, jnp.float32)
+        # A transposed conv is a correlation with the flipped kernel over the input dilated by s
+        # and padded by k - 1.
+        return jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel[::-1, ::-1].astype(self.dtype),
+            window_strides=(1, 1),
+            padding=((k - 1, k - 1), (k - 1, k - 1)),
+            lhs_dilation=(s, s),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+
+
+class FCNEncoderBlock(EncoderBlock):
+    """EncoderBlock's convs (same names and parameters), FCN's pooling (ceil mode, no switches).
+
+    Attributes:
+      first_pad: padding of the block's first 3x3 conv (FCN_PAD for conv1_1, else 1).
+    """
+
+    first_pad: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        for i, (name, feats) in enumerate(zip(self.layers, self.features)):
+            p = self.first_pad if i == 0 else 1
+            x = self.bn_relu(self.conv(x, name, feats, 3, ((p, p), (p, p))), name, train)
+        return max_pool_ceil(x)
+
+
+class FCNFCBlock(_Layers):
+    """fc6 (7x7 valid conv) and fc7 (1x1 conv), each + BN + ReLU (no dropout)."""
+
+    features: Sequence[int] = ()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        f6, f7 = self.features
+        x = self.bn_relu(self.conv(x, "fc6", f6, 7, "VALID"), "fc6", train)
+        return self.bn_relu(self.conv(x, "fc7", f7, 1, "VALID"), "fc7", train)
+
+
+class FCN8s(nn.Module):
+    """FCN-8s with DeconvNet's VGG16-BN encoder (see the module docstring for the geometry).
+
+    Attributes:
+      num_classes: output classes (21 for VOC).
+      width_multiplier: scales the encoder and fc6/fc7 channels (not the class maps).
+      dtype: compute dtype; parameters are always float32.
+      remat: rematerialise each encoder block and the fc block in the backward pass.
+      bn_momentum / bn_epsilon / bn_bias_init: as in DeconvNet.
+    """
+
+    num_classes: int = 21
+    width_multiplier: float = 1.0
+    dtype: Any = jnp.float32
+    remat: bool = False
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    bn_bias_init: float = 0.001
+
+    def _score(self, x: jax.Array, name: str) -> jax.Array:
+        return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+                       kernel_init=SCORE_INIT, name=name)(x)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Args: x [B, H, W, 3]. Returns float32 logits [B, H, W, num_classes] aligned to x."""
+        if x.ndim != 4:
+            raise ValueError(f"FCN8s expects [B, H, W, C] input, got shape {x.shape}")
+        h, w = x.shape[1], x.shape[2]
+        common = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                      bn_bias_init=self.bn_bias_init)
+        wm = self.width_multiplier
+        enc_cls = nn.remat(FCNEncoderBlock, static_argnums=(2,)) if self.remat else FCNEncoderBlock
+        fc_cls = nn.remat(FCNFCBlock, static_argnums=(2,)) if self.remat else FCNFCBlock
+
+        x = x.astype(self.dtype)
+        pools = []
+        for i, (block, layers, feats) in enumerate(ENCODER):
+            x = enc_cls(layers=layers, features=[scaled(f, wm) for f in feats],
+                        first_pad=FCN_PAD if i == 0 else 1, name=block, **common)(x, train)
+            pools.append(x)
+        pool3, pool4 = pools[2], pools[3]  # [B, H/8 + 25, ...], [B, H/16 + 13, ...] for H = 32k
+        x = fc_cls(features=[scaled(c, wm) for _, _, c in FC[:2]], name="fc", **common)(x, train)
+
+        (up2, k2, s2), (up4, k4, s4), (up8, k8, s8) = UPSAMPLERS
+        nc = self.num_classes
+        y = Upsample(nc, k2, s2, dtype=self.dtype, name=up2)(self._score(x, "score_fr"))
+        y = y + crop(self._score(pool4, "score_pool4"), CROP_POOL4, y.shape[1:3])
+        y = Upsample(nc, k4, s4, dtype=self.dtype, name=up4)(y)
+        y = y + crop(self._score(pool3, "score_pool3"), CROP_POOL3, y.shape[1:3])
+        y = Upsample(nc, k8, s8, dtype=self.dtype, name=up8)(y)
+        y = crop(y, CROP_SCORE, (h, w))  # [B, H, W, C]
+        # float32 logits (float64 when asked for, as in DeconvNet).
+        return y.astype(jnp.promote_types(self.dtype, jnp.float32))
+
+
+def build_fcn(model_config) -> FCN8s:
+    """Builds FCN8s from a ``config.model`` ConfigDict (configs/fcn8s.py); what
+    ``deconvnet.build_model`` returns for ``config.model.name == 'fcn8s'``."""
+    return FCN8s(
+        num_classes=model_config.num_classes,
+        width_multiplier=model_config.width_multiplier,
+        dtype=jnp.dtype(model_config.dtype),
+        remat=model_config.remat,
+        bn_momentum=model_config.bn_momentum,
+        bn_epsilon=model_config.bn_epsilon,
+        bn_bias_init=model_config.bn_bias_init,
+    )
