@@ -173,3 +173,24 @@ def test_online_path_checks_md5_and_extracts(tmp_path, monkeypatch):
     i = reference.ids[0]
     assert records[i]["image"] == (root / "JPEGImages" / f"{i}.jpg").read_bytes()
     np.testing.assert_array_equal(np.asarray(records[i]["label"]), reference.load(i)["label"])
+
+
+def test_train_loader_reads_the_same_crops_from_tfds(tmp_path, monkeypatch):
+    from configs.default import get_config  # noqa: PLC0415
+    from deconvnet_jax.data import loader  # noqa: PLC0415
+
+    make_voc_tree(tmp_path / "manual" / "VOC2012", num_train=5, num_val=1, size=64)
+    tfds_voc.prepare(tmp_path / "tfds", manual_dir=tmp_path / "manual")
+    cfg = get_config().data
+    cfg.voc_root, cfg.train_split, cfg.resize, cfg.crop_size = (
+        str(tmp_path / "manual" / "VOC2012"), "train", 40, 32)
+    from_folder = loader.make_train_loader(cfg, 4, 0, 0, 1)
+    folder = [next(from_folder) for _ in range(3)]
+    monkeypatch.setattr(loader, "open_split",
+                        lambda c, split: tfds_voc.TFDSVOCDataset(tmp_path / "tfds", split))
+    it = loader.make_train_loader(cfg, 4, 0, 0, 1)
+    assert isinstance(it.dataset, tfds_voc.TFDSVOCDataset)
+    for a in folder:
+        b = next(it)
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])

@@ -311,7 +311,10 @@ def record_to_example(record: dict) -> dict:
 
 
 class TFDSVOCDataset:
-    """voc.VOCDataset's interface (ids, load, len, iteration) over a prepared split.
+    """voc.VOCDataset's interface (ids, load, len, iteration, strict, skipped) over a prepared
+    split, so loader.TrainLoader can read from it. `ids` are sorted (TFDS stores records in
+    hashed order): for VOC's sorted split files that is VOCDataset's order, and the same seed
+    then gives the same crops from either source.
 
     Args:
       data_dir: the TFDS data folder `prepare` wrote into.
@@ -329,11 +332,12 @@ class TFDSVOCDataset:
         if split not in builder.info.splits:
             raise DataError(f"voc2012_segmentation/{config} has no split {split!r} "
                             f"(has {sorted(builder.info.splits)})")
+        self.split = split
         self.source = builder.as_data_source(split)
         skip = tfds.decode.SkipDecoding()
         ids_only = builder.as_data_source(split, decoders={"image": skip, "label": skip})
-        self.ids = [record_to_id(ids_only[k]) for k in range(len(ids_only))]
-        self._index = {i: k for k, i in enumerate(self.ids)}
+        self._index = {record_to_id(ids_only[k]): k for k in range(len(ids_only))}
+        self.ids = sorted(self._index)
         self.skipped: list[tuple[str, str]] = [
             tuple(s) for s in builder.info.metadata.get("skipped", {}).get(split, [])]
 
@@ -345,7 +349,7 @@ class TFDSVOCDataset:
         return record_to_example(self.source[self._index[i]])
 
     def __getitem__(self, index: int) -> dict:
-        return record_to_example(self.source[index])
+        return self.load(self.ids[index])
 
     def __iter__(self):
         for k in range(len(self)):
