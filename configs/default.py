@@ -27,6 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.name = "voc"  # "voc" (VOCdevkit/VOC2012 [+ SBD]) | "synthetic" (generated demo set)
     config.data.voc_root = ""  # path to VOCdevkit/VOC2012
     config.data.sbd_root = ""  # path to SBD's benchmark_RELEASE/dataset (for train_aug)
+    config.data.tfds_dir = ""  # a prepared TFDS voc2012_segmentation (data/tfds_voc.py) instead
+    config.data.tfds_config = ""  # "plain" | "aug" ("" = "aug" when train_split is train_aug)
     config.data.cache_dir = ""  # where the synthetic set is generated ("" = ~/.cache/deconvnet_jax)
     config.data.train_split = "train_aug"  # VOC train + SBD train/val minus VOC val
     config.data.val_split = "val"

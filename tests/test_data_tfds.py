@@ -175,7 +175,7 @@ def test_online_path_checks_md5_and_extracts(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.asarray(records[i]["label"]), reference.load(i)["label"])
 
 
-def test_train_loader_reads_the_same_crops_from_tfds(tmp_path, monkeypatch):
+def test_train_loader_reads_the_same_crops_from_tfds(tmp_path):
     from configs.default import get_config  # noqa: PLC0415
     from deconvnet_jax.data import loader  # noqa: PLC0415
 
@@ -186,8 +186,7 @@ def test_train_loader_reads_the_same_crops_from_tfds(tmp_path, monkeypatch):
         str(tmp_path / "manual" / "VOC2012"), "train", 40, 32)
     from_folder = loader.make_train_loader(cfg, 4, 0, 0, 1)
     folder = [next(from_folder) for _ in range(3)]
-    monkeypatch.setattr(loader, "open_split",
-                        lambda c, split: tfds_voc.TFDSVOCDataset(tmp_path / "tfds", split))
+    cfg.tfds_dir = str(tmp_path / "tfds")  # config.data.tfds_dir selects the prepared TFDS
     it = loader.make_train_loader(cfg, 4, 0, 0, 1)
     assert isinstance(it.dataset, tfds_voc.TFDSVOCDataset)
     for a in folder:

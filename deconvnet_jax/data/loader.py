@@ -48,7 +48,15 @@ def dataset_root(data_config) -> pathlib.Path:
 
 
 def open_split(data_config, split: str) -> VOCDataset:
-    """The VOCDataset of a split of config.data."""
+    """The dataset of a split of config.data: a prepared TFDS voc2012_segmentation when
+    `config.data.tfds_dir` is set (config `tfds_config`, default "aug" for train_aug runs, else
+    "plain"), otherwise the VOCdevkit folder (or the generated set)."""
+    if data_config.get("tfds_dir"):
+        from deconvnet_jax.data.tfds_voc import TFDSVOCDataset  # noqa: PLC0415
+
+        tfds_config = data_config.get("tfds_config") or (
+            "aug" if data_config.get("train_split") == "train_aug" else "plain")
+        return TFDSVOCDataset(data_config.tfds_dir, split, config=tfds_config)
     sbd = data_config.get("sbd_root", "") or None
     if split == "train_aug" and sbd is None and data_config.name == "synthetic":
         split = "train"  # the generated set has no SBD part
