@@ -47,7 +47,8 @@ def test_rules_differ_where_the_paper_and_release_disagree():
     # the mean rule still follows them.
     deconv = np.array([[5.0, 0.0, 0.0]], np.float32)
     fcn = np.array([[-1.0, -2.0, -3.0]], np.float32)
-    np.testing.assert_allclose(np.asarray(combine(deconv, fcn, "product")), [[1 / 3] * 3], rtol=1e-6)
+    product = np.asarray(combine(deconv, fcn, "product"))
+    np.testing.assert_allclose(product, [[1 / 3] * 3], rtol=1e-6)
     assert int(np.argmax(np.asarray(combine(deconv, fcn, "mean")))) == 0
 
 

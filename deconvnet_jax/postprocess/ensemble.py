@@ -1,10 +1,10 @@
-"""EDeconvNet: combining DeconvNet and FCN-8s class scores into probabilities (PAPER.md "Inference").
+"""EDeconvNet: DeconvNet and FCN-8s class scores to probabilities (PAPER.md "Inference").
 
 Two rules, because the paper and the release disagree:
   product (the release): softmax(max(fcn, 0) * deconvnet), the FCN-8s scores clipped at 0 and
     multiplied element-wise with the DeconvNet scores (for DeconvNet, the proposal-aggregated map);
   mean (the paper): (softmax(deconvnet) + softmax(fcn)) / 2.
-Both take raw scores (logits) of the same shape [..., C] and return probabilities over the last axis.
+Both take raw scores (logits) of one shape [..., C] and return probabilities over the last axis.
 """
 
 from __future__ import annotations
