@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from deconvnet_jax import checkpoint, optim, parallel, train_lib, viz
+from deconvnet_jax import bn_stats, checkpoint, optim, parallel, train_lib, viz
 from deconvnet_jax.data import loader as data_loader
 from deconvnet_jax.data.voc import CLASS_NAMES
 from deconvnet_jax.metrics import compute_metrics
@@ -189,7 +189,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bar.close()
         preempt.restore()
 
-    # --- the end: final validation, checkpoint, plot ----------------------------------------
+    # --- the end: optional BN statistics recompute, final validation, checkpoint, plot ----------
+    num_bn = config.train.get("recompute_bn_batches", 0)
+    if num_bn:
+        batches = (parallel.global_batch(next(train_iter), mesh) for _ in range(num_bn))
+        stats = bn_stats.recompute_batch_stats(
+            model, {"params": state.params, "batch_stats": state.batch_stats}, batches, num_bn,
+            progress=jax.process_index() == 0)
+        state = state.replace(batch_stats=jax.device_put(stats, shardings.batch_stats))
     final = evaluate(config, model, state, mesh, eval_step, max_images=config.train.get("eval_max_images", 0))
     writer.write(step, {"val_miou": final["miou"], "val_pixel_acc": final["pixel_acc"]})
     if not ckpt.steps() or ckpt.steps()[-1] != step:

@@ -34,7 +34,7 @@ def test_apply_overrides_and_names(tmp_path):
 def test_two_run_sweep_end_to_end(tmp_path):
     sweep_file = tmp_path / "two.py"
     sweep_file.write_text("def get_sweep():\n    yield {'optim.lr': 0.01}\n"
-                          "    yield {'optim.lr': 0.02, 'optim.schedule': 'constant'}\n")
+                          "    yield {'optim.lr': 0.02, 'train.recompute_bn_batches': 2}\n")
     cache = tmp_path / "cache"
     args = {"model.width_multiplier": 1 / 32, "data.cache_dir": cache,
             "data.synthetic.num_train": 8, "data.synthetic.num_val": 2,
@@ -49,12 +49,12 @@ def test_two_run_sweep_end_to_end(tmp_path):
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "sw" / "results.csv")))
-    assert [r["name"] for r in rows] == ["optim.lr=0.01", "optim.lr=0.02,optim.schedule=constant"]
+    assert [r["name"] for r in rows] == ["optim.lr=0.01", "optim.lr=0.02,train.recompute_bn_batches=2"]
     for r in rows:
         assert r["status"] == "done" and 0.0 <= float(r["val_miou"]) <= 1.0 and r["steps"] == "2"
         assert (tmp_path / "sw" / r["name"] / "final_metrics.json").is_file()
     table = (tmp_path / "sw" / "results.md").read_text()
-    assert "optim.lr=0.02,optim.schedule=constant" in table and "val mIoU" in table
+    assert "optim.lr=0.02,train.recompute_bn_batches=2" in table and "val mIoU" in table
     # Run again: both runs are finished, so nothing trains and the table is rewritten the same.
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
