@@ -7,6 +7,8 @@ pixels with exclusive max (pixel columns x0 .. x1-1), ``Proposals.scores`` float
 
   selective_search  OpenCV-contrib ``cv2.ximgproc.segmentation`` (fast or quality mode); no scores
                     in OpenCV, so the score is the rank (1 for the first region, falling to 0).
+                    OpenCV ranks regions with C ``rand()``; it is seeded through libc first, so
+                    the output is a function of the image.
   edge_boxes        Edge Boxes (``cv2.ximgproc.createEdgeBoxes``) on structured edges, which need
                     the user's model file (``model.yml.gz`` of opencv_extra's ximgproc testdata).
   precomputed       a file of boxes per image id (format below).
@@ -27,6 +29,8 @@ boxes, drop boxes whose short side is under ``min_size`` (112), keep the ``top_k
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import pathlib
@@ -71,11 +75,19 @@ def _xywh_to_xyxy(rects: np.ndarray) -> np.ndarray:
 
 
 # --- selective search ------------------------------------------------------------------------------
+def _seed_c_rand(seed: int) -> None:
+    """Seeds C rand(), which OpenCV's selective search uses to rank its regions."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).srand(ctypes.c_uint(seed))
+    except (OSError, AttributeError, TypeError):  # no libc found: the ranking stays random
+        log.debug("could not seed C rand(); selective search ranking is not reproducible")
+
+
 class SelectiveSearch:
     """OpenCV selective search. ``mode``: "fast" or "quality"; ``max_boxes`` caps the output.
 
-    OpenCV's ranking has a random component: the RNG is seeded (``seed``) on every call so the
-    result is a function of the image.
+    OpenCV's ranking is random (level x C ``rand()``, as in the paper); libc's ``srand(seed)``
+    is called before every run so the result is a function of the image (where libc is found).
     """
 
     name = "selective_search"
@@ -92,7 +104,7 @@ class SelectiveSearch:
             ss.switchToSelectiveSearchFast()
         else:
             ss.switchToSelectiveSearchQuality()
-        cv2.setRNGSeed(self.seed)
+        _seed_c_rand(self.seed)
         rects = ss.process()[: self.max_boxes]  # [N, 4] (x, y, w, h), best first
         boxes = _xywh_to_xyxy(rects)
         return Proposals(boxes, _rank_scores(len(boxes)))
@@ -222,7 +234,7 @@ class GroundTruth:
     def __call__(self, image, image_id=None, gt_boxes=None) -> Proposals:
         if gt_boxes is None:
             raise ValueError("ground-truth proposals need the image's object boxes")
-        b = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
+        b = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
         centre, half = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]) * self.enlarge / 2
         boxes = np.concatenate([centre - half, centre + half], axis=1)
         return Proposals(boxes.astype(np.float32), np.ones(len(boxes), np.float32))
