@@ -17,14 +17,26 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "infer.py"), "Config file.")
+config_flags.DEFINE_config_file(
+    "config", os.path.join(_HERE, "configs", "infer.py"), "Config file."
+)
 flags.DEFINE_string("workdir", "runs/demo", "Training run directory (checkpoints/, config.json).")
-flags.DEFINE_string("torch_weights", "", "A PyTorch DeconvNet state dict (.pth) instead of --workdir.")
-flags.DEFINE_string("ensemble", "", "FCN-8s run directory: adds EDeconvNet (config.infer.ensemble).")
-flags.DEFINE_enum("ensemble_rule", None, ["product", "mean"],
-                  "EDeconvNet rule: product (the release) or mean (the paper).")
+flags.DEFINE_string(
+    "torch_weights", "", "A PyTorch DeconvNet state dict (.pth) instead of --workdir."
+)
+flags.DEFINE_string(
+    "ensemble", "", "FCN-8s run directory: adds EDeconvNet (config.infer.ensemble)."
+)
+flags.DEFINE_enum(
+    "ensemble_rule",
+    None,
+    ["product", "mean"],
+    "EDeconvNet rule: product (the release) or mean (the paper).",
+)
 flags.DEFINE_string("out", "", "Output folder (default <workdir>/eval_<split>).")
-flags.DEFINE_bool("save_predictions", False, "Write palette PNGs and image|truth|prediction overlays.")
+flags.DEFINE_bool(
+    "save_predictions", False, "Write palette PNGs and image|truth|prediction overlays."
+)
 FLAGS = flags.FLAGS
 
 
@@ -36,22 +48,37 @@ def main(argv):
 
     run_config = None if FLAGS.torch_weights else evaluation.load_run_config(FLAGS.workdir)
     config = evaluation.resolve_config(
-        FLAGS.config, config_flags.get_override_values(FLAGS["config"]), run_config)
+        FLAGS.config, config_flags.get_override_values(FLAGS["config"]), run_config
+    )
     if FLAGS.ensemble:
         config.infer.ensemble = FLAGS.ensemble
     if FLAGS.ensemble_rule:
         config.infer.ensemble_rule = FLAGS.ensemble_rule
-    net = evaluation.load_net(config, "" if FLAGS.torch_weights else FLAGS.workdir,
-                              FLAGS.torch_weights, run_config, best=config.infer.best)
+    net = evaluation.load_net(
+        config,
+        "" if FLAGS.torch_weights else FLAGS.workdir,
+        FLAGS.torch_weights,
+        run_config,
+        best=config.infer.best,
+    )
     extras = evaluation.load_extras(config)
     predictor = inference.Predictor(net, config.infer, fcn=extras["fcn"])
     out = FLAGS.out or os.path.join(FLAGS.workdir or ".", f"eval_{config.infer.split}")
-    summary = evaluation.evaluate(config, predictor, out, extras["variants"], extras["combine"],
-                                  extras["dense_crf"], FLAGS.save_predictions)
+    summary = evaluation.evaluate(
+        config,
+        predictor,
+        out,
+        extras["variants"],
+        extras["combine"],
+        extras["dense_crf"],
+        FLAGS.save_predictions,
+    )
     print(open(os.path.join(out, "results.md")).read())
     for name, m in summary["variants"].items():
-        print(f"{name}: mIoU {100 * m['miou']:.2f}  pixel acc {100 * m['pixel_acc']:.2f}  "
-              f"mean class acc {100 * m['mean_class_acc']:.2f}")
+        print(
+            f"{name}: mIoU {100 * m['miou']:.2f}  pixel acc {100 * m['pixel_acc']:.2f}  "
+            f"mean class acc {100 * m['mean_class_acc']:.2f}"
+        )
     print(f"{summary['images']} images ({len(summary['skipped'])} skipped) -> {out}")
 
 

@@ -15,11 +15,15 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "infer.py"), "Config file.")
+config_flags.DEFINE_config_file(
+    "config", os.path.join(_HERE, "configs", "infer.py"), "Config file."
+)
 flags.DEFINE_string("input", None, "An image file or a folder of images.", required=True)
 flags.DEFINE_string("out", "predictions", "Output folder.")
 flags.DEFINE_string("workdir", "runs/demo", "Training run directory (checkpoints/, config.json).")
-flags.DEFINE_string("torch_weights", "", "A PyTorch DeconvNet state dict (.pth) instead of --workdir.")
+flags.DEFINE_string(
+    "torch_weights", "", "A PyTorch DeconvNet state dict (.pth) instead of --workdir."
+)
 flags.DEFINE_string("ensemble", "", "FCN-8s run directory (EDeconvNet).")
 flags.DEFINE_enum("ensemble_rule", None, ["product", "mean"], "EDeconvNet rule.")
 flags.DEFINE_string("variant", "", "DeconvNet | DeconvNet+CRF | EDeconvNet | EDeconvNet+CRF.")
@@ -34,20 +38,32 @@ def main(argv):
 
     run_config = None if FLAGS.torch_weights else evaluation.load_run_config(FLAGS.workdir)
     config = evaluation.resolve_config(
-        FLAGS.config, config_flags.get_override_values(FLAGS["config"]), run_config)
+        FLAGS.config, config_flags.get_override_values(FLAGS["config"]), run_config
+    )
     config.infer.ensemble = FLAGS.ensemble or config.infer.ensemble
     config.infer.ensemble_rule = FLAGS.ensemble_rule or config.infer.ensemble_rule
-    net = evaluation.load_net(config, "" if FLAGS.torch_weights else FLAGS.workdir,
-                              FLAGS.torch_weights, run_config, best=config.infer.best)
+    net = evaluation.load_net(
+        config,
+        "" if FLAGS.torch_weights else FLAGS.workdir,
+        FLAGS.torch_weights,
+        run_config,
+        best=config.infer.best,
+    )
     extras = evaluation.load_extras(config)
     variant = FLAGS.variant or prediction.final_variant(extras["variants"])
     if variant not in extras["variants"]:
         raise app.UsageError(f"--variant {variant} is not available (have {extras['variants']})")
     predictor = inference.Predictor(net, config.infer, fcn=extras["fcn"])
     got = prediction.predict_files(
-        predictor, prediction.list_images(FLAGS.input), FLAGS.out, variant,
-        combine=extras["combine"], dense_crf=extras["dense_crf"],
-        crf_params=dict(config.infer.crf_params), rule=config.infer.ensemble_rule)
+        predictor,
+        prediction.list_images(FLAGS.input),
+        FLAGS.out,
+        variant,
+        combine=extras["combine"],
+        dense_crf=extras["dense_crf"],
+        crf_params=dict(config.infer.crf_params),
+        rule=config.infer.ensemble_rule,
+    )
     print(f"{variant}: wrote {len(got['written'])} masks to {FLAGS.out}")
     for path, reason in got["failed"]:
         print(f"FAILED {path}: {reason}")

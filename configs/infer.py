@@ -30,7 +30,10 @@ def infer_config() -> ml_collections.ConfigDict:
     c.min_size = 112  # proposals with a shorter side are dropped (the release)
     c.aggregate = "max"  # "max" against a zero map (the release) | "mean"
     c.canvas_sizes = (512,)  # square canvases (multiples of 32, >= 224); larger images shrink
-    c.chunk_size = 10  # crops per network call
+    c.chunk_size = 25  # crops per network call (CPU: larger batches run the convs faster)
+    # crop/paste resampling: "gather" (two-tap gathers; 7x less crop/paste time on CPU) or
+    # "matmul" (dense interpolation matrices, Ry @ x @ Rx^T); the same numbers
+    c.resize_impl = "gather"
     c.batch_size = 1  # images per jitted call
     c.num_workers = 2  # host threads reading images and computing proposals ahead
     c.split = "val"
@@ -39,9 +42,16 @@ def infer_config() -> ml_collections.ConfigDict:
     c.ensemble = ""  # FCN-8s run directory: adds the EDeconvNet variants
     c.ensemble_rule = "product"  # "product" (the release) | "mean" (the paper)
     c.crf = True  # add the +CRF variants when pydensecrf2 is installed
-    c.crf_params = ml_collections.ConfigDict(dict(
-        iterations=10, gaussian_sxy=3, gaussian_weight=3, bilateral_sxy=20, bilateral_srgb=3,
-        bilateral_weight=5))
+    c.crf_params = ml_collections.ConfigDict(
+        dict(
+            iterations=10,
+            gaussian_sxy=3,
+            gaussian_weight=3,
+            bilateral_sxy=20,
+            bilateral_srgb=3,
+            bilateral_weight=5,
+        )
+    )
     return c
 
 

@@ -67,8 +67,9 @@ def _model_variables_like(model, size: int):
     return jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
 
 
-def load_net(config, workdir: str = "", torch_weights: str = "", run_config=None,
-             best: bool = False) -> inference.Net:
+def load_net(
+    config, workdir: str = "", torch_weights: str = "", run_config=None, best: bool = False
+) -> inference.Net:
     """The DeconvNet for inference: a run's checkpoint, or a PyTorch state dict (interop format).
 
     Args:
@@ -86,8 +87,9 @@ def load_net(config, workdir: str = "", torch_weights: str = "", run_config=None
         from deconvnet_jax.interop import torch_weights as tw  # noqa: PLC0415
 
         like = _model_variables_like(model, config.data.crop_size)
-        variables = tw.torch_state_dict_to_flax(tw.load_torch_checkpoint(torch_weights), like,
-                                                source=str(torch_weights))
+        variables = tw.torch_state_dict_to_flax(
+            tw.load_torch_checkpoint(torch_weights), like, source=str(torch_weights)
+        )
     elif workdir:
         variables = checkpoint.load_variables(workdir, run_config or config, best=best)
     else:
@@ -112,10 +114,14 @@ def load_extras(config) -> dict:
 
             run = load_run_config(infer.ensemble)
             if run is None:
-                raise FileNotFoundError(f"{infer.ensemble}/config.json not found (an FCN-8s run dir)")
+                raise FileNotFoundError(
+                    f"{infer.ensemble}/config.json not found (an FCN-8s run dir)"
+                )
             if run.model.get("name") != "fcn8s":
                 raise ValueError(f"{infer.ensemble} is a {run.model.get('name')!r} run, not fcn8s")
-            fcn = load_net(run, workdir=infer.ensemble, run_config=run, best=infer.get("best", False))
+            fcn = load_net(
+                run, workdir=infer.ensemble, run_config=run, best=infer.get("best", False)
+            )
             out.update(fcn=fcn, combine=ensemble.combine)
         except (ImportError, FileNotFoundError, ValueError) as e:
             log.warning("EDeconvNet variants skipped: %s", e)
@@ -176,9 +182,15 @@ class _Writer:
         Image.fromarray(viz.side_by_side(image, truth, pred)).save(overlay_dir / f"{image_id}.jpg")
 
 
-def evaluate(config, predictor: inference.Predictor, out_dir, variants=("DeconvNet",),
-             combine: Callable | None = None, dense_crf: Callable | None = None,
-             save_predictions: bool = False) -> dict:
+def evaluate(
+    config,
+    predictor: inference.Predictor,
+    out_dir,
+    variants=("DeconvNet",),
+    combine: Callable | None = None,
+    dense_crf: Callable | None = None,
+    save_predictions: bool = False,
+) -> dict:
     """Evaluates ``variants`` on config.infer.split of config.data; writes results.md/.json.
 
     Returns:
@@ -206,7 +218,9 @@ def evaluate(config, predictor: inference.Predictor, out_dir, variants=("DeconvN
     def flush(batch):
         nonlocal done
         preps = [p for p, _ in batch]
-        maps = inference.variant_maps(predictor.scores(preps), variants, infer.ensemble_rule, combine)
+        maps = inference.variant_maps(
+            predictor.scores(preps), variants, infer.ensemble_rule, combine
+        )
         canvas = preps[0].canvas
         labels = np.full((len(batch), canvas, canvas), IGNORE_LABEL, np.int32)
         for k, (p, lab) in enumerate(batch):
@@ -224,7 +238,9 @@ def evaluate(config, predictor: inference.Predictor, out_dir, variants=("DeconvN
                     host[k, : lab.shape[0], : lab.shape[1]] = lab
                 pred = jnp.asarray(host)
             conf[v] = _update(conf[v], pred, labels_dev)
-            need_host = writer is not None or any(p.image.shape[:2] != lab.shape for p, lab in batch)
+            need_host = writer is not None or any(
+                p.image.shape[:2] != lab.shape for p, lab in batch
+            )
             if need_host:
                 host = np.asarray(pred) if host is None else host
                 for k, (p, lab) in enumerate(batch):
@@ -232,7 +248,11 @@ def evaluate(config, predictor: inference.Predictor, out_dir, variants=("DeconvN
                     if p.image.shape[:2] != lab.shape:
                         conf[v] = conf[v] + confusion_matrix(full, lab, num_classes)
                     if writer is not None:
-                        image = p.image if p.image.shape[:2] == lab.shape else dataset.load(p.image_id)["image"]
+                        image = (
+                            p.image
+                            if p.image.shape[:2] == lab.shape
+                            else dataset.load(p.image_id)["image"]
+                        )
                         writer.write(v, p.image_id, image, lab, full)
         done += len(batch)
         bar.update(len(batch))
@@ -259,9 +279,15 @@ def evaluate(config, predictor: inference.Predictor, out_dir, variants=("DeconvN
     names = CLASS_NAMES if num_classes == len(CLASS_NAMES) else [str(c) for c in range(num_classes)]
     results = {v: compute_metrics(np.asarray(jax.device_get(conf[v])), names) for v in variants}
     table = markdown_table(results, names)
-    summary = dict(variants=results, images=done, skipped=skipped, seconds=seconds,
-                   split=infer.split, infer=config.infer.to_dict(),
-                   confusion={v: np.asarray(conf[v]).tolist() for v in variants})
+    summary = dict(
+        variants=results,
+        images=done,
+        skipped=skipped,
+        seconds=seconds,
+        split=infer.split,
+        infer=config.infer.to_dict(),
+        confusion={v: np.asarray(conf[v]).tolist() for v in variants},
+    )
     (out_dir / "results.md").write_text(table)
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     log.info("evaluated %d images in %.1fs; results in %s", done, seconds, out_dir)

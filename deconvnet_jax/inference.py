@@ -74,8 +74,15 @@ def fit_to_canvas(image: np.ndarray, max_side: int, image_id: str = "") -> tuple
         return image, 1.0
     scale = max_side / max(h, w)
     nh, nw = max(1, min(max_side, round(h * scale))), max(1, min(max_side, round(w * scale)))
-    log.warning("%s: %dx%d image is larger than the largest canvas (%d); resized down to %dx%d",
-                image_id, w, h, max_side, nw, nh)
+    log.warning(
+        "%s: %dx%d image is larger than the largest canvas (%d); resized down to %dx%d",
+        image_id,
+        w,
+        h,
+        max_side,
+        nw,
+        nh,
+    )
     return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR), nw / w
 
 
@@ -89,11 +96,18 @@ class Predictor:
       fcn: the FCN-8s (``Net``) for the EDeconvNet variants, or None.
     """
 
-    def __init__(self, net: Net, infer_config, source: sources.ProposalSource | None = None,
-                 fcn: Net | None = None):
+    def __init__(
+        self,
+        net: Net,
+        infer_config,
+        source: sources.ProposalSource | None = None,
+        fcn: Net | None = None,
+    ):
         self.net, self.fcn, self.cfg = net, fcn, infer_config
         if infer_config.mode not in ("proposals", "whole"):
-            raise ValueError(f"config.infer.mode must be 'proposals' or 'whole', got {infer_config.mode!r}")
+            raise ValueError(
+                f"config.infer.mode must be 'proposals' or 'whole', got {infer_config.mode!r}"
+            )
         self.canvases = segment.validate_canvas_sizes(infer_config.canvas_sizes)
         self.top_k = int(infer_config.top_k)
         if self.top_k < 1:
@@ -101,13 +115,19 @@ class Predictor:
         if infer_config.mode == "proposals" and source is None:
             source = sources.make_source(infer_config)
         self.source = source
-        self._segment = segment.make_segment_fn(net.apply, int(infer_config.chunk_size),
-                                                infer_config.aggregate)
+        self._segment = segment.make_segment_fn(
+            net.apply,
+            int(infer_config.chunk_size),
+            infer_config.aggregate,
+            infer_config.get("resize_impl", "gather"),
+        )
         self._whole = segment.make_whole_image_fn(net.apply)
         self._fcn_whole = segment.make_whole_image_fn(fcn.apply) if fcn else None
 
     # -- host side ------------------------------------------------------------------------------
-    def prepare(self, image: np.ndarray, image_id: str = "", gt_boxes: np.ndarray | None = None) -> Prepared:
+    def prepare(
+        self, image: np.ndarray, image_id: str = "", gt_boxes: np.ndarray | None = None
+    ) -> Prepared:
         """Proposals, selection, shrinking and padding of one uint8 RGB image [H, W, 3]."""
         orig_hw = image.shape[:2]
         small, scale = fit_to_canvas(image, max(self.canvases), image_id)
@@ -115,17 +135,25 @@ class Predictor:
         boxes = np.zeros((0, 4), np.float32)
         if self.cfg.mode == "proposals":
             props = self.source(image, image_id=image_id, gt_boxes=gt_boxes)
-            props = sources.select_proposals(props, orig_hw, self.cfg.min_size, self.top_k, image_id)
+            props = sources.select_proposals(
+                props, orig_hw, self.cfg.min_size, self.top_k, image_id
+            )
             boxes = props.boxes * scale
             if len(boxes) == 0:
-                log.warning("%s: no proposal with a side >= %s survives selection; using "
-                            "whole-image mode for this image", image_id, self.cfg.min_size)
+                log.warning(
+                    "%s: no proposal with a side >= %s survives selection; using "
+                    "whole-image mode for this image",
+                    image_id,
+                    self.cfg.min_size,
+                )
         padded, valid = segment.pad_boxes(boxes, self.top_k)
         return Prepared(image_id, small, orig_hw, canvas, padded, valid, whole=len(boxes) == 0)
 
     def _canvas_batch(self, batch: list[Prepared], normalization: str) -> np.ndarray:
         canvas = batch[0].canvas
-        return np.stack([segment.pad_image(normalize(p.image, normalization), canvas) for p in batch])
+        return np.stack(
+            [segment.pad_image(normalize(p.image, normalization), canvas) for p in batch]
+        )
 
     # -- device side --------------------------------------------------------------------------
     def scores(self, batch: list[Prepared]) -> dict[str, jax.Array]:
@@ -146,19 +174,28 @@ class Predictor:
         inside = jnp.asarray(rows & cols)  # [B, P, P]
         out = {}
         if whole.all():
-            out["deconv"], out["count"] = self._whole(self.net.variables, images), inside.astype(jnp.int32)
+            out["deconv"], out["count"] = (
+                self._whole(self.net.variables, images),
+                inside.astype(jnp.int32),
+            )
         else:
             boxes = np.stack([p.boxes for p in batch])
             valid = np.stack([p.valid for p in batch])
-            out["deconv"], out["count"] = self._segment(self.net.variables, images, hw, boxes, valid)
+            out["deconv"], out["count"] = self._segment(
+                self.net.variables, images, hw, boxes, valid
+            )
             if whole.any():
                 w = jnp.asarray(whole)[:, None, None]
-                out["deconv"] = jnp.where(w[..., None], self._whole(self.net.variables, images),
-                                          out["deconv"])
+                out["deconv"] = jnp.where(
+                    w[..., None], self._whole(self.net.variables, images), out["deconv"]
+                )
                 out["count"] = jnp.where(w, inside.astype(jnp.int32), out["count"])
         if self.fcn is not None:
-            fcn_in = images if self.fcn.normalization == self.net.normalization else jnp.asarray(
-                self._canvas_batch(batch, self.fcn.normalization))
+            fcn_in = (
+                images
+                if self.fcn.normalization == self.net.normalization
+                else jnp.asarray(self._canvas_batch(batch, self.fcn.normalization))
+            )
             out["fcn"] = self._fcn_whole(self.fcn.variables, fcn_in)
         return out
 
@@ -168,8 +205,12 @@ def _labels(scores, count):
     return segment.labels_from_scores(scores, count)
 
 
-def variant_maps(out: dict[str, jax.Array], names: tuple[str, ...], rule: str = "product",
-                 combine: Callable | None = None) -> dict[str, jax.Array]:
+def variant_maps(
+    out: dict[str, jax.Array],
+    names: tuple[str, ...],
+    rule: str = "product",
+    combine: Callable | None = None,
+) -> dict[str, jax.Array]:
     """Device-side maps of each variant: int32 labels [B, P, P] for DeconvNet / EDeconvNet,
     float32 probabilities [B, P, P, C] for the +CRF variants (the CRF runs on the host).
 
@@ -192,7 +233,9 @@ def variant_maps(out: dict[str, jax.Array], names: tuple[str, ...], rule: str = 
     return maps
 
 
-def crf_labels(prepared: Prepared, probs: np.ndarray, dense_crf: Callable, crf_params: dict) -> np.ndarray:
+def crf_labels(
+    prepared: Prepared, probs: np.ndarray, dense_crf: Callable, crf_params: dict
+) -> np.ndarray:
     """Dense CRF of one image: probs [P, P, C] on its canvas -> labels int32 [h, w]."""
     h, w = prepared.image.shape[:2]
     image = np.require(prepared.image, np.uint8, ["C", "W"])  # pydensecrf rejects read-only buffers
@@ -207,4 +250,6 @@ def to_original(prepared: Prepared, labels: np.ndarray) -> np.ndarray:
     if (h, w) == tuple(prepared.orig_hw):
         return labels
     oh, ow = prepared.orig_hw
-    return cv2.resize(labels.astype(np.uint8), (ow, oh), interpolation=cv2.INTER_NEAREST).astype(np.int32)
+    return cv2.resize(labels.astype(np.uint8), (ow, oh), interpolation=cv2.INTER_NEAREST).astype(
+        np.int32
+    )

@@ -38,10 +38,16 @@ def final_variant(variants: Iterable[str]) -> str:
     return [v for v in inference.VARIANTS if v in tuple(variants)][-1]
 
 
-def predict_image(predictor: inference.Predictor, image: np.ndarray, image_id: str,
-                  variant: str = "DeconvNet", combine: Callable | None = None,
-                  dense_crf: Callable | None = None, crf_params: dict | None = None,
-                  rule: str = "product") -> np.ndarray:
+def predict_image(
+    predictor: inference.Predictor,
+    image: np.ndarray,
+    image_id: str,
+    variant: str = "DeconvNet",
+    combine: Callable | None = None,
+    dense_crf: Callable | None = None,
+    crf_params: dict | None = None,
+    rule: str = "product",
+) -> np.ndarray:
     """Label map int32 [H, W] of one uint8 RGB image [H, W, 3] for one variant."""
     prep = predictor.prepare(image, image_id)
     maps = inference.variant_maps(predictor.scores([prep]), (variant,), rule, combine)
@@ -51,8 +57,13 @@ def predict_image(predictor: inference.Predictor, image: np.ndarray, image_id: s
     return inference.to_original(prep, out)
 
 
-def predict_files(predictor: inference.Predictor, paths: list[pathlib.Path], out_dir,
-                  variant: str = "DeconvNet", **kwargs) -> dict:
+def predict_files(
+    predictor: inference.Predictor,
+    paths: list[pathlib.Path],
+    out_dir,
+    variant: str = "DeconvNet",
+    **kwargs,
+) -> dict:
     """Writes <out>/<stem>.png (VOC palette) and <out>/<stem>_overlay.jpg for every image.
 
     Args:
@@ -73,6 +84,8 @@ def predict_files(predictor: inference.Predictor, paths: list[pathlib.Path], out
             continue
         labels = predict_image(predictor, image, path.stem, variant, **kwargs)
         viz.palette_image(labels).save(out_dir / f"{path.stem}.png")
-        Image.fromarray(viz.side_by_side(image, None, labels)).save(out_dir / f"{path.stem}_overlay.jpg")
+        Image.fromarray(viz.side_by_side(image, None, labels)).save(
+            out_dir / f"{path.stem}_overlay.jpg"
+        )
         written.append(path.stem)
     return dict(written=written, failed=failed)

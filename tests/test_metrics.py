@@ -53,7 +53,8 @@ def test_confusion_and_metrics_match_loops(seed):
     assert m["pixels"] == int(want.sum())
     k = 4
     assert m["iou"][CLASS_NAMES[k]] == pytest.approx(
-        want[k, k] / (want[k].sum() + want[:, k].sum() - want[k, k]))
+        want[k, k] / (want[k].sum() + want[:, k].sum() - want[k, k])
+    )
 
 
 def test_absent_class_is_left_out_and_ignore_label():

@@ -31,18 +31,25 @@ def tiny(tmp_path_factory):
     model = build_model(config.model)
     variables = random_variables(model, seed=4)
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    return dict(tmp=tmp, config=config, model=model, variables=variables,
-                net=lambda x: np.asarray(apply(variables, jnp.asarray(x))))
+    return dict(
+        tmp=tmp,
+        config=config,
+        model=model,
+        variables=variables,
+        net=lambda x: np.asarray(apply(variables, jnp.asarray(x))),
+    )
 
 
 def image_folder(root: pathlib.Path) -> dict:
-    """Images in several modes and sizes (+ a corrupt file); returns {stem: RGB as PIL converts it}."""
+    """Images in several modes and sizes (+ a corrupt file): {stem: RGB as PIL converts it}."""
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     rgb = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(root / "rgb.jpg", quality=95)
     Image.fromarray(rgb[..., 0]).save(root / "gray.png")  # L
-    Image.fromarray(np.dstack([rgb[:120, :130], np.full((120, 130), 200, np.uint8)])).save(root / "rgba.png")
+    Image.fromarray(np.dstack([rgb[:120, :130], np.full((120, 130), 200, np.uint8)])).save(
+        root / "rgba.png"
+    )
     Image.fromarray(rgb[:100, :210]).convert("CMYK").save(root / "cmyk.jpg", quality=95)
     pal = Image.fromarray(rng.integers(0, 21, (90, 140), dtype=np.uint8), mode="P")
     pal.putpalette(voc_palette().ravel().tolist())
@@ -50,8 +57,11 @@ def image_folder(root: pathlib.Path) -> dict:
     Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(root / "big.png")
     (root / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     (root / "notes.txt").write_text("not an image")
-    return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in sorted(root.iterdir())
-            if p.suffix != ".txt" and p.stem != "broken"}
+    return {
+        p.stem: np.asarray(Image.open(p).convert("RGB"))
+        for p in sorted(root.iterdir())
+        if p.suffix != ".txt" and p.stem != "broken"
+    }
 
 
 def whole_predictor(tiny, **kw):
@@ -66,8 +76,15 @@ def test_predict_files_modes_sizes_and_bad_file(tiny, caplog):
     folder = tiny["tmp"] / "images"
     want_rgb = image_folder(folder)
     paths = prediction.list_images(folder)
-    assert [p.name for p in paths] == ["big.png", "broken.jpg", "cmyk.jpg", "gray.png",
-                                       "palette.png", "rgb.jpg", "rgba.png"]
+    assert [p.name for p in paths] == [
+        "big.png",
+        "broken.jpg",
+        "cmyk.jpg",
+        "gray.png",
+        "palette.png",
+        "rgb.jpg",
+        "rgba.png",
+    ]
     caplog.set_level(logging.WARNING)
     out = tiny["tmp"] / "out"
     got = prediction.predict_files(whole_predictor(tiny), paths, out)
@@ -88,13 +105,22 @@ def test_predict_files_modes_sizes_and_bad_file(tiny, caplog):
 
 
 def test_predict_image_proposals_mode_matches_reference(tiny):
-    predictor = whole_predictor(tiny, mode="proposals", proposals="grid", grid_sizes=(128,),
-                                grid_overlap=0.0, min_size=100, top_k=4, chunk_size=2)
+    predictor = whole_predictor(
+        tiny,
+        mode="proposals",
+        proposals="grid",
+        grid_sizes=(128,),
+        grid_overlap=0.0,
+        min_size=100,
+        top_k=4,
+        chunk_size=2,
+    )
     rgb = np.random.default_rng(5).integers(0, 256, (200, 220, 3), dtype=np.uint8)
     labels = prediction.predict_image(predictor, rgb, "x")
     # grid: the whole image, then 128-windows at x in (0, 92), y in (0, 72); the best 4 are kept
-    boxes = np.array([[0, 0, 220, 200], [0, 0, 128, 128], [92, 0, 220, 128], [0, 72, 128, 200]],
-                     np.float32)
+    boxes = np.array(
+        [[0, 0, 220, 200], [0, 0, 128, 128], [92, 0, 220, 128], [0, 72, 128, 200]], np.float32
+    )
     scores, count = reference_segment(tiny["net"], normalize(rgb), boxes, np.ones(4, bool), CANVAS)
     want = np.where(count > 0, scores.argmax(-1), 0)[:200, :220]
     assert labels.shape == (200, 220)
@@ -113,9 +139,16 @@ def test_predict_cli(tiny):
     folder = tiny["tmp"] / "cli_images"
     want_rgb = image_folder(folder)
     out = tiny["tmp"] / "cli_out"
-    cmd = [sys.executable, str(REPO / "predict.py"), f"--workdir={run}", f"--input={folder}",
-           f"--out={out}", "--config.infer.mode=whole", f"--config.infer.canvas_sizes=({CANVAS},)",
-           "--config.infer.crf=False"]
+    cmd = [
+        sys.executable,
+        str(REPO / "predict.py"),
+        f"--workdir={run}",
+        f"--input={folder}",
+        f"--out={out}",
+        "--config.infer.mode=whole",
+        f"--config.infer.canvas_sizes=({CANVAS},)",
+        "--config.infer.crf=False",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr[-3000:]  # one unreadable file
     assert "FAILED" in proc.stdout and "broken.jpg" in proc.stdout
@@ -123,7 +156,12 @@ def test_predict_cli(tiny):
     rgb = want_rgb["rgb"]
     want = tiny["net"](segment.pad_image(normalize(rgb), CANVAS)[None])[0].argmax(-1)[:150, :200]
     np.testing.assert_array_equal(np.asarray(Image.open(out / "rgb.png")), want)
-    single = subprocess.run(cmd[:3] + [f"--input={folder / 'gray.png'}", f"--out={out}_one"] + cmd[5:],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        cmd[:3] + [f"--input={folder / 'gray.png'}", f"--out={out}_one"] + cmd[5:],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     assert Image.open(pathlib.Path(f"{out}_one") / "gray.png").size == (200, 150)

@@ -22,21 +22,39 @@ def reference_select(boxes, scores, h, w, min_size, top_k):
     for k, (b, s) in enumerate(zip(boxes, scores)):
         if not (np.all(np.isfinite(b)) and np.isfinite(s)):
             continue
-        x0, y0, x1, y1 = min(max(b[0], 0), w), min(max(b[1], 0), h), min(max(b[2], 0), w), min(max(b[3], 0), h)
+        x0, y0, x1, y1 = (
+            min(max(b[0], 0), w),
+            min(max(b[1], 0), h),
+            min(max(b[2], 0), w),
+            min(max(b[3], 0), h),
+        )
         if x1 - x0 <= 0 or y1 - y0 <= 0 or min(x1 - x0, y1 - y0) < min_size:
             continue
         kept.append((-s, k, [x0, y0, x1, y1]))
     kept.sort(key=lambda t: (t[0], t[1]))
-    return np.array([t[2] for t in kept[:top_k]], np.float32).reshape(-1, 4), \
-        np.array([-t[0] for t in kept[:top_k]], np.float32)
+    return np.array([t[2] for t in kept[:top_k]], np.float32).reshape(-1, 4), np.array(
+        [-t[0] for t in kept[:top_k]], np.float32
+    )
 
 
 def test_select_by_hand():
-    boxes = np.array([[10, 20, 150, 170], [-20, -30, 90, 60], [30, 30, 60, 200], [0, 0, 0, 50],
-                      [100, 50, 260, 400], [50, 60, 190, 140], [5, 5, np.inf, 50], [40, 40, 30, 90]])
+    boxes = np.array(
+        [
+            [10, 20, 150, 170],
+            [-20, -30, 90, 60],
+            [30, 30, 60, 200],
+            [0, 0, 0, 50],
+            [100, 50, 260, 400],
+            [50, 60, 190, 140],
+            [5, 5, np.inf, 50],
+            [40, 40, 30, 90],
+        ]
+    )
     scores = np.array([0.9, 0.95, 0.99, 1.0, 0.5, 0.2, 3.0, 2.0])
     got = sources.select_proposals(Proposals(boxes, scores), (180, 200), min_size=40, top_k=3)
-    np.testing.assert_array_equal(got.boxes, [[0, 0, 90, 60], [10, 20, 150, 170], [100, 50, 200, 180]])
+    np.testing.assert_array_equal(
+        got.boxes, [[0, 0, 90, 60], [10, 20, 150, 170], [100, 50, 200, 180]]
+    )
     np.testing.assert_allclose(got.scores, [0.95, 0.9, 0.5])
     # min_size is configurable; top_k larger than what survives keeps everything
     got = sources.select_proposals(Proposals(boxes, scores), (180, 200), min_size=10, top_k=50)
@@ -80,7 +98,9 @@ def test_selective_search_boxes_and_ranking():
     rects = ss.process()[:300]
     np.testing.assert_array_equal(got.boxes[:, :2], rects[:, :2])
     np.testing.assert_array_equal(got.boxes[:, 2:], rects[:, :2] + rects[:, 2:])
-    assert np.all(got.boxes[:, 2] <= 260) and np.all(got.boxes[:, 3] <= 200) and np.all(got.boxes >= 0)
+    assert (
+        np.all(got.boxes[:, 2] <= 260) and np.all(got.boxes[:, 3] <= 200) and np.all(got.boxes >= 0)
+    )
     assert np.all(np.diff(got.scores) < 0) and got.scores[0] == 1.0
     assert box_iou(got.boxes, obj).max() > 0.9  # the object is found
     again = sources.SelectiveSearch("fast", max_boxes=300)(image)
@@ -116,22 +136,35 @@ def write_toy_edge_model(path):
     """A one-tree structured edge forest in OpenCV's model format: patches whose centre has a
     gradient (feature 904 = channel 3 at the patch centre) emit an edge line; others emit none."""
     bins = ", ".join(str(v) for v in range(128, 144))
-    opts = dict(stride=2, shrinkNumber=2, patchSize=32, patchInnerSize=16,
-                numberOfGradientOrientations=4, gradientSmoothingRadius=0,
-                regFeatureSmoothingRadius=2, ssFeatureSmoothingRadius=8,
-                gradientNormalizationRadius=4, selfsimilarityGridSize=5, numberOfTrees=1,
-                numberOfTreesToEvaluate=1)
+    opts = dict(
+        stride=2,
+        shrinkNumber=2,
+        patchSize=32,
+        patchInnerSize=16,
+        numberOfGradientOrientations=4,
+        gradientSmoothingRadius=0,
+        regFeatureSmoothingRadius=2,
+        ssFeatureSmoothingRadius=8,
+        gradientNormalizationRadius=4,
+        selfsimilarityGridSize=5,
+        numberOfTrees=1,
+        numberOfTreesToEvaluate=1,
+    )
     text = "%YAML:1.0\noptions:\n" + "".join(f"   {k}: {v}\n" for k, v in opts.items())
-    text += ("childs:\n   - [ 2, 0, 0 ]\nfeatureIds:\n   - [ 904, 0, 0 ]\nthresholds:\n"
-             "   - [ 0.02, 0., 0. ]\nedgeBoundaries:\n   - [ 0, 0, 0, 16 ]\nedgeBins:\n"
-             f"   - [ {bins} ]\n")
+    text += (
+        "childs:\n   - [ 2, 0, 0 ]\nfeatureIds:\n   - [ 904, 0, 0 ]\nthresholds:\n"
+        "   - [ 0.02, 0., 0. ]\nedgeBoundaries:\n   - [ 0, 0, 0, 16 ]\nedgeBins:\n"
+        f"   - [ {bins} ]\n"
+    )
     path.write_text(text)
     return path
 
 
 def test_edge_boxes_end_to_end_with_a_model_file(tmp_path):
     model = write_toy_edge_model(tmp_path / "toy_sed.yml")
-    source = sources.make_source(_infer(proposals="edge_boxes", edge_model=str(model), max_proposals=30))
+    source = sources.make_source(
+        _infer(proposals="edge_boxes", edge_model=str(model), max_proposals=30)
+    )
     image = np.zeros((120, 160, 3), np.uint8)
     image[30:90, 40:120] = 255
     edges, orient = source.edges(image)
@@ -151,8 +184,11 @@ def test_edge_boxes_end_to_end_with_a_model_file(tmp_path):
 # --- precomputed, ground truth, grid ------------------------------------------------------------
 def test_precomputed_npz_and_json(tmp_path, caplog):
     npz = tmp_path / "p.npz"
-    np.savez(npz, img1=np.array([[1, 2, 30, 40], [5, 6, 70, 80]], np.float32),
-             img2=np.array([[0, 0, 10, 10, 0.3], [1, 1, 9, 9, 0.7]], np.float32))
+    np.savez(
+        npz,
+        img1=np.array([[1, 2, 30, 40], [5, 6, 70, 80]], np.float32),
+        img2=np.array([[0, 0, 10, 10, 0.3], [1, 1, 9, 9, 0.7]], np.float32),
+    )
     src = sources.Precomputed(npz)
     a = src(None, image_id="img1")
     np.testing.assert_array_equal(a.boxes, [[1, 2, 30, 40], [5, 6, 70, 80]])
@@ -167,12 +203,15 @@ def test_precomputed_npz_and_json(tmp_path, caplog):
     assert table["x"].scores.tolist() == [0.5] and len(table["y"].boxes) == 0
 
 
-@pytest.mark.parametrize("content,match", [
-    ('{"im": [[1, 2, 3]]}', "image id 'im'.*rows of 4"),
-    ('{"im": [["a", "b", "c", "d"]]}', "image id 'im'"),
-    ("[1, 2]", "expected an object"),
-    ("{not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ('{"im": [[1, 2, 3]]}', "image id 'im'.*rows of 4"),
+        ('{"im": [["a", "b", "c", "d"]]}', "image id 'im'"),
+        ("[1, 2]", "expected an object"),
+        ("{not json", "not valid JSON"),
+    ],
+)
 def test_precomputed_bad_files_named(tmp_path, content, match):
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -229,7 +268,9 @@ def test_selective_search_on_real_voc_image_finds_objects(voc_samples):
     kept = sources.select_proposals(got, ex["image"].shape[:2], 112, 50)
     h, w = ex["image"].shape[:2]
     assert 0 < len(kept.boxes) <= 50
-    assert np.all(np.minimum(kept.boxes[:, 2] - kept.boxes[:, 0], kept.boxes[:, 3] - kept.boxes[:, 1]) >= 112)
+    assert np.all(
+        np.minimum(kept.boxes[:, 2] - kept.boxes[:, 0], kept.boxes[:, 3] - kept.boxes[:, 1]) >= 112
+    )
     assert np.all(kept.boxes[:, 2] <= w) and np.all(kept.boxes[:, 3] <= h)
     big = ex["boxes"][np.minimum(*(ex["boxes"][:, 2:] - ex["boxes"][:, :2]).T) >= 112]
     if len(big):  # objects large enough to be kept are covered by some proposal

@@ -80,9 +80,16 @@ def reference_segment(net, image, boxes, valid, canvas, aggregate="max"):
     return acc, count
 
 
-# --- interpolation matrices vs cv2 / torch --------------------------------------------------------
-WINDOWS = [(3, 4, 40, 30), (-10, -5, 20, 60), (60, 45, 90, 80), (5, 5, 6, 6), (0, 0, 70, 50),
-           (10, 2, 13, 300), (-400, -400, -100, -100)]
+# --- interpolation matrices vs cv2 / torch -------------------------------------------------------
+WINDOWS = [
+    (3, 4, 40, 30),
+    (-10, -5, 20, 60),
+    (60, 45, 90, 80),
+    (5, 5, 6, 6),
+    (0, 0, 70, 50),
+    (10, 2, 13, 300),
+    (-400, -400, -100, -100),
+]
 
 
 @pytest.mark.parametrize("win", WINDOWS)
@@ -96,15 +103,24 @@ def test_crop_and_paste_matrices_match_cv2_and_torch(win):
     got = np.einsum("jh,hwc,iw->jic", ry, seg.pad_image(image, canvas), rx, optimize=True)
     window = crop_window(image, win).astype(np.float32)
     np.testing.assert_allclose(got, resize2d(window, S, S), atol=2e-6)
-    np.testing.assert_allclose(got, cv2.resize(window, (S, S), interpolation=cv2.INTER_LINEAR),
-                               atol=1e-5)
-    t = torch.nn.functional.interpolate(torch.as_tensor(window).permute(2, 0, 1)[None], size=(S, S),
-                                        mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(
+        got, cv2.resize(window, (S, S), interpolation=cv2.INTER_LINEAR), atol=1e-5
+    )
+    t = torch.nn.functional.interpolate(
+        torch.as_tensor(window).permute(2, 0, 1)[None],
+        size=(S, S),
+        mode="bilinear",
+        align_corners=False,
+    )
     np.testing.assert_allclose(got, t[0].permute(1, 2, 0).numpy(), atol=5e-5)  # float32 coords
 
     scores = rng.standard_normal((S, S, 5)).astype(np.float32)
-    py, cov_y = (np.asarray(a) for a in seg.paste_matrix(jnp.int32(Y0), jnp.int32(Y1), jnp.int32(h), canvas))
-    px, cov_x = (np.asarray(a) for a in seg.paste_matrix(jnp.int32(X0), jnp.int32(X1), jnp.int32(w), canvas))
+    py, cov_y = (
+        np.asarray(a) for a in seg.paste_matrix(jnp.int32(Y0), jnp.int32(Y1), jnp.int32(h), canvas)
+    )
+    px, cov_x = (
+        np.asarray(a) for a in seg.paste_matrix(jnp.int32(X0), jnp.int32(X1), jnp.int32(w), canvas)
+    )
     pasted = np.einsum("gj,jic,hi->ghc", py, scores, px, optimize=True)
     back = resize2d(scores, Y1 - Y0, X1 - X0)
     want = np.zeros_like(pasted)
@@ -114,12 +130,16 @@ def test_crop_and_paste_matrices_match_cv2_and_torch(win):
             want[y, x], mask[y, x] = back[y - Y0, x - X0], True
     np.testing.assert_allclose(pasted, want, atol=2e-6)
     np.testing.assert_array_equal(cov_y[:, None] & cov_x[None, :], mask)
-    t = torch.nn.functional.interpolate(torch.as_tensor(scores).permute(2, 0, 1)[None],
-                                        size=(Y1 - Y0, X1 - X0), mode="bilinear", align_corners=False)
+    t = torch.nn.functional.interpolate(
+        torch.as_tensor(scores).permute(2, 0, 1)[None],
+        size=(Y1 - Y0, X1 - X0),
+        mode="bilinear",
+        align_corners=False,
+    )
     np.testing.assert_allclose(back, t[0].permute(1, 2, 0).numpy(), atol=2e-4)
 
 
-# --- the jitted function on random weights ----------------------------------------------------------
+# --- the jitted function on random weights -------------------------------------------------------
 def random_variables(model, seed: int = 0) -> dict:
     """Random weights of the model's shapes (He-normal kernels, random BN statistics), built in
     NumPy from jax.eval_shape: O(1) logits of both signs, and no slow flax init."""
@@ -129,7 +149,9 @@ def random_variables(model, seed: int = 0) -> dict:
     def leaf(path, s):
         name = path[-1].key
         if name == "kernel":
-            return rng.standard_normal(s.shape).astype(np.float32) * np.sqrt(2 / np.prod(s.shape[:-1]))
+            return rng.standard_normal(s.shape).astype(np.float32) * np.sqrt(
+                2 / np.prod(s.shape[:-1])
+            )
         if name in ("scale", "var"):
             return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
         return rng.normal(0, 0.1, s.shape).astype(np.float32)  # bias, BN shift, BN mean
@@ -146,30 +168,50 @@ def tiny_net():
     return apply, variables, (lambda x: np.asarray(one(variables, jnp.asarray(x))))
 
 
-BOXES = np.array([
-    [[10, 20, 130, 140], [-30, -10, 90, 100], [150, 100, 260, 200], [50, 50, 50, 90],
-     [5.5, 7.2, 180.3, 149.9], [1, 2, 3, 4], [0, 0, 40, np.nan]],
-    [[0, 0, 180, 256], [100, 120, 300, 400], [20, 30, 21, 31], [60, 60, 40, 100],
-     [400, 400, 500, 500], [1, 1, 2, 2], [0, 0, 0, 0]],
-], np.float32)  # leaving the image, zero-area, inverted, 1-pixel, fully outside, NaN
+BOXES = np.array(
+    [
+        [
+            [10, 20, 130, 140],
+            [-30, -10, 90, 100],
+            [150, 100, 260, 200],
+            [50, 50, 50, 90],
+            [5.5, 7.2, 180.3, 149.9],
+            [1, 2, 3, 4],
+            [0, 0, 40, np.nan],
+        ],
+        [
+            [0, 0, 180, 256],
+            [100, 120, 300, 400],
+            [20, 30, 21, 31],
+            [60, 60, 40, 100],
+            [400, 400, 500, 500],
+            [1, 1, 2, 2],
+            [0, 0, 0, 0],
+        ],
+    ],
+    np.float32,
+)  # leaving the image, zero-area, inverted, 1-pixel, fully outside, NaN
 VALID = np.array([[1, 1, 1, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1, 0]], bool)
 HW = np.array([[150, 200], [256, 180]], np.int32)
 
 
-@pytest.mark.parametrize("aggregate", ["max", "mean"])
-def test_segment_matches_per_proposal_reference(tiny_net, aggregate):
+@pytest.mark.parametrize(
+    "aggregate,impl", [("max", "matmul"), ("mean", "matmul"), ("max", "gather"), ("mean", "gather")]
+)
+def test_segment_matches_per_proposal_reference(tiny_net, aggregate, impl):
     apply, variables, net = tiny_net
     canvas = 256
     rng = np.random.default_rng(0)
     images = np.zeros((2, canvas, canvas, 3), np.float32)
     for b, (h, w) in enumerate(HW):
         images[b, :h, :w] = rng.standard_normal((h, w, 3)) * 50
-    fn = seg.make_segment_fn(apply, chunk_size=4, aggregate=aggregate)  # 14 crops -> 4 chunks
+    fn = seg.make_segment_fn(apply, chunk_size=4, aggregate=aggregate, resize_impl=impl)  # 4 chunks
     scores, count = (np.asarray(a) for a in fn(variables, images, HW, BOXES, VALID))
     assert scores.shape == (2, canvas, canvas, 5) and count.shape == (2, canvas, canvas)
     for b, (h, w) in enumerate(HW):
-        want, want_count = reference_segment(net, images[b, :h, :w], BOXES[b], VALID[b], canvas,
-                                             aggregate)
+        want, want_count = reference_segment(
+            net, images[b, :h, :w], BOXES[b], VALID[b], canvas, aggregate
+        )
         np.testing.assert_array_equal(count[b], want_count)
         scale = np.abs(want).max()
         assert scale > 0.1
@@ -191,14 +233,16 @@ def test_segment_batch_equals_single_images_and_empty_chunks_skipped(tiny_net):
     fn = seg.make_segment_fn(apply, chunk_size=3)
     both = np.asarray(fn(variables, images, HW, BOXES, VALID)[0])
     for b in range(2):
-        one = np.asarray(fn(variables, images[b:b + 1], HW[b:b + 1], BOXES[b:b + 1], VALID[b:b + 1])[0])
+        one = np.asarray(
+            fn(variables, images[b : b + 1], HW[b : b + 1], BOXES[b : b + 1], VALID[b : b + 1])[0]
+        )
         np.testing.assert_allclose(both[b], one[0], atol=1e-5 * np.abs(one).max())
     none_valid = np.zeros_like(VALID)
     scores, count = fn(variables, images, HW, BOXES, none_valid)
     assert float(jnp.abs(scores).max()) == 0 and int(count.max()) == 0
 
 
-# --- oracle network -------------------------------------------------------------------------------
+# --- oracle network ------------------------------------------------------------------------------
 NUM_ORACLE_CLASSES = 4
 
 
@@ -213,31 +257,35 @@ def blocky_labels(h, w, block, rng):
     return np.kron(small, np.ones((block, block), np.int64))[:h, :w]
 
 
-def oracle_case(boxes, h, w, canvas, block, seed):
+def oracle_case(boxes, h, w, canvas, block, seed, impl="matmul"):
     rng = np.random.default_rng(seed)
     truth = blocky_labels(h, w, block, rng)
     image = np.zeros((1, canvas, canvas, 3), np.float32)
     image[0, :h, :w, 0] = truth
     image[0, :h, :w, 1:] = 7.0  # the other channels are not read
-    fn = seg.make_segment_fn(oracle_apply, chunk_size=4)
+    fn = seg.make_segment_fn(oracle_apply, chunk_size=4, resize_impl=impl)
     boxes = np.asarray(boxes, np.float32)[None]
-    scores, count = fn({}, image, np.array([[h, w]], np.int32), boxes, np.ones(boxes.shape[:2], bool))
+    scores, count = fn(
+        {}, image, np.array([[h, w]], np.int32), boxes, np.ones(boxes.shape[:2], bool)
+    )
     labels = np.asarray(seg.labels_from_scores(scores, count))[0, :h, :w]
     return truth, labels, np.asarray(count)[0, :h, :w]
 
 
-def test_oracle_exact_for_crop_sized_windows():
+@pytest.mark.parametrize("impl", ["matmul", "gather"])
+def test_oracle_exact_for_crop_sized_windows(impl):
     # windows of exactly 224 x 224 resample nothing: the reconstruction is the truth on every
     # covered pixel, including windows that leave the image; uncovered pixels are background
     boxes = [[0, 0, 224, 224], [100, 60, 324, 284], [-50, 150, 174, 374], [250, -100, 474, 124]]
-    truth, labels, count = oracle_case(boxes, 300, 330, 384, block=7, seed=0)
+    truth, labels, count = oracle_case(boxes, 300, 330, 384, block=7, seed=0, impl=impl)
     covered = count > 0
     assert covered.mean() > 0.6 and (~covered).any()
     np.testing.assert_array_equal(labels[covered], truth[covered])
     assert np.all(labels[~covered] == 0)
 
 
-def test_oracle_any_scale_equals_truth_away_from_label_edges():
+@pytest.mark.parametrize("impl", ["matmul", "gather"])
+def test_oracle_any_scale_equals_truth_away_from_label_edges(impl):
     # windows from 0.5x to 2x the crop size: bilinear resampling only mixes labels within the
     # interpolation footprint (<= scale + 2 pixels) of a label edge or the image border
     rng = np.random.default_rng(3)
@@ -247,7 +295,7 @@ def test_oracle_any_scale_equals_truth_away_from_label_edges():
         side_w, side_h = rng.integers(112, 449, 2)
         x0, y0 = rng.integers(-60, w - 60), rng.integers(-60, h - 60)
         boxes.append([x0, y0, x0 + side_w, y0 + side_h])
-    truth, labels, count = oracle_case(boxes, h, w, canvas, block=24, seed=1)
+    truth, labels, count = oracle_case(boxes, h, w, canvas, block=24, seed=1, impl=impl)
     margin = 5
     edge = np.zeros((h + 2, w + 2), bool)  # label edges and the image border
     padded = np.pad(truth, 1, constant_values=-1)
@@ -280,3 +328,5 @@ def test_canvas_and_padding_helpers():
         seg.pad_image(np.ones((9, 2, 3)), 8)
     with pytest.raises(ValueError, match="aggregate"):
         seg.make_segment_fn(oracle_apply, aggregate="median")
+    with pytest.raises(ValueError, match="resize_impl"):
+        seg.make_segment_fn(oracle_apply, resize_impl="fft")

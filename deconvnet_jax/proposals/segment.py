@@ -19,7 +19,8 @@ Geometry (the same as the training crops, ``data.crops.extract_window``):
     Pixels no proposal reaches score 0 for every class; ``labels_from_scores`` makes them
     background (class 0).
 Crop and paste are small matrix products: crop = Ry @ image @ Rx^T with Ry [S, canvas] and
-Rx [S, canvas] per box, paste = Py @ scores @ Px^T with Py, Px [canvas, S]. Images are padded to a
+Rx [S, canvas] per box, paste = Py @ scores @ Px^T with Py, Px [canvas, S] (``resize_impl=
+"matmul"``), or the same two-tap weights applied by gathers (``"gather"``). Images are padded to a
 fixed square canvas (bottom/right, value 0) and boxes to a fixed count K with a valid mask, so one
 compile serves a whole dataset. The network runs on the B*K crops in chunks (``lax.scan``; chunks
 without any valid box are skipped with ``lax.cond``).
@@ -42,7 +43,7 @@ AGGREGATIONS = ("max", "mean")
 ApplyFn = Callable[..., jax.Array]  # (variables, crops [n, S, S, 3]) -> scores [n, S, S, C]
 
 
-# --- geometry --------------------------------------------------------------------------------
+# --- geometry ------------------------------------------------------------------------------------
 def box_windows(boxes: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Integer windows of boxes (rounded outward) and their validity.
 
@@ -86,27 +87,31 @@ def _bilinear_taps(num_out: int, src_len: jax.Array, dst_len: jax.Array):
     return i0, i1, 1.0 - frac, frac
 
 
-def crop_matrix(start: jax.Array, stop: jax.Array, extent: jax.Array, canvas: int,
-                out_size: int = CROP_SIZE) -> jax.Array:
-    """[out_size, canvas] weights resizing window [start, stop) of one axis to out_size samples.
+def crop_taps(
+    start: jax.Array, stop: jax.Array, extent: jax.Array, canvas: int, out_size: int = CROP_SIZE
+):
+    """Bilinear taps resizing window [start, stop) of one canvas axis to out_size samples.
 
-    Window pixels outside [0, extent) (the image) get weight 0, i.e. read 0.
+    Returns:
+      (g0, g1 int32 [out_size] canvas indices (clipped into the canvas), w0, w1 float32
+      [out_size]); taps on window pixels outside [0, extent) (the image) have weight 0 (read 0).
     """
     n = stop - start
     i0, i1, w0, w1 = _bilinear_taps(out_size, n, out_size)
     g0, g1 = start + i0, start + i1  # canvas indices
-    cols = jnp.arange(canvas)
-    inside = cols < extent
-    m = (w0[:, None] * (cols == g0[:, None]) + w1[:, None] * (cols == g1[:, None]))
-    return m * inside[None, :]
+    w0 = jnp.where((g0 >= 0) & (g0 < extent), w0, 0.0)
+    w1 = jnp.where((g1 >= 0) & (g1 < extent), w1, 0.0)
+    return jnp.clip(g0, 0, canvas - 1), jnp.clip(g1, 0, canvas - 1), w0, w1
 
 
-def paste_matrix(start: jax.Array, stop: jax.Array, extent: jax.Array, canvas: int,
-                 in_size: int = CROP_SIZE) -> tuple[jax.Array, jax.Array]:
-    """[canvas, in_size] weights resizing in_size crop samples back onto window [start, stop).
+def paste_taps(
+    start: jax.Array, stop: jax.Array, extent: jax.Array, canvas: int, in_size: int = CROP_SIZE
+):
+    """Bilinear taps resizing in_size crop samples back onto window [start, stop) of a canvas axis.
 
     Returns:
-      (matrix float32 [canvas, in_size], covered bool [canvas]: inside the window and the image).
+      (i0, i1 int32 [canvas] crop indices, w0, w1 float32 [canvas] (0 off the window and off the
+      image), covered bool [canvas]: inside the window and the image).
     """
     n = stop - start
     rows = jnp.arange(canvas)
@@ -115,15 +120,76 @@ def paste_matrix(start: jax.Array, stop: jax.Array, extent: jax.Array, canvas: i
     # the taps of every window position r = 0 .. canvas-1 (positions >= n are masked below)
     i0, i1, w0, w1 = _bilinear_taps(canvas, in_size, n)
     shift = jnp.clip(local, 0, canvas - 1)
-    i0, i1, w0, w1 = i0[shift], i1[shift], w0[shift], w1[shift]
-    src = jnp.arange(in_size)
-    m = w0[:, None] * (src == i0[:, None]) + w1[:, None] * (src == i1[:, None])
-    return m * covered[:, None], covered
+    i0, i1 = i0[shift], i1[shift]
+    w0, w1 = jnp.where(covered, w0[shift], 0.0), jnp.where(covered, w1[shift], 0.0)
+    return i0, i1, w0, w1, covered
+
+
+def _taps_matrix(i0, i1, w0, w1, size: int) -> jax.Array:
+    """Dense [len(i0), size] interpolation matrix of two-tap weights."""
+    cols = jnp.arange(size)
+    return w0[:, None] * (cols == i0[:, None]) + w1[:, None] * (cols == i1[:, None])
+
+
+def crop_matrix(
+    start: jax.Array, stop: jax.Array, extent: jax.Array, canvas: int, out_size: int = CROP_SIZE
+) -> jax.Array:
+    """[out_size, canvas] weights resizing window [start, stop) of one axis to out_size samples.
+
+    Window pixels outside [0, extent) (the image) get weight 0, i.e. read 0.
+    """
+    return _taps_matrix(*crop_taps(start, stop, extent, canvas, out_size), canvas)
+
+
+def paste_matrix(
+    start: jax.Array, stop: jax.Array, extent: jax.Array, canvas: int, in_size: int = CROP_SIZE
+) -> tuple[jax.Array, jax.Array]:
+    """[canvas, in_size] weights resizing in_size crop samples back onto window [start, stop).
+
+    Returns:
+      (matrix float32 [canvas, in_size], covered bool [canvas]: inside the window and the image).
+    """
+    i0, i1, w0, w1, covered = paste_taps(start, stop, extent, canvas, in_size)
+    return _taps_matrix(i0, i1, w0, w1, in_size), covered
+
+
+def _resample_matmul(x: jax.Array, rows, cols, size_in: int) -> jax.Array:
+    """x [n, Hin, Win, c] -> [n, Hout, Wout, c] by dense interpolation matrices (Ry @ x @ Rx^T)."""
+    ry = jax.vmap(_taps_matrix, in_axes=(0, 0, 0, 0, None))(*rows, size_in[0])  # [n, Hout, Hin]
+    rx = jax.vmap(_taps_matrix, in_axes=(0, 0, 0, 0, None))(*cols, size_in[1])  # [n, Wout, Win]
+    x = jnp.einsum("njh,nhwc->njwc", ry, x)
+    return jnp.einsum("njwc,niw->njic", x, rx)
+
+
+def _resample_gather(x: jax.Array, rows, cols, size_in) -> jax.Array:
+    """The same resampling as two-tap gathers along each axis (no dense matrices)."""
+    del size_in
+
+    def axis(x, taps, ax):
+        i0, i1, w0, w1 = taps  # [n, out]
+        shape = [i0.shape[0], 1, 1, 1]
+        shape[ax] = i0.shape[1]
+        take = lambda i: jnp.take_along_axis(x, i.reshape(shape), axis=ax)  # noqa: E731
+        return w0.reshape(shape) * take(i0) + w1.reshape(shape) * take(i1)
+
+    return axis(axis(x, rows, 1), cols, 2)
+
+
+RESAMPLERS = {"matmul": _resample_matmul, "gather": _resample_gather}
 
 
 # --- the jitted proposal segmentation ------------------------------------------------------------
-def _segment(apply_fn: ApplyFn, chunk_size: int, aggregate: str, variables, images, image_hw,
-             boxes, valid):
+def _segment(
+    apply_fn: ApplyFn,
+    chunk_size: int,
+    aggregate: str,
+    impl: str,
+    variables,
+    images,
+    image_hw,
+    boxes,
+    valid,
+):
     b, canvas = images.shape[0], images.shape[1]
     k = boxes.shape[1]
     windows, ok = box_windows(boxes, valid)  # [B, K, 4], [B, K]
@@ -136,23 +202,22 @@ def _segment(apply_fn: ApplyFn, chunk_size: int, aggregate: str, variables, imag
     hw = jnp.asarray(image_hw, jnp.int32)[img_index]  # [N, 2]
     num_chunks = (n + n_pad) // chunk_size
 
-    crop_rows = jax.vmap(crop_matrix, in_axes=(0, 0, 0, None))
-    paste_rows = jax.vmap(paste_matrix, in_axes=(0, 0, 0, None))
+    crop_axis = jax.vmap(crop_taps, in_axes=(0, 0, 0, None))
+    paste_axis = jax.vmap(paste_taps, in_axes=(0, 0, 0, None))
+    resample = RESAMPLERS[impl]
 
     def run_chunk(carry, xs):
         acc, count = carry
         win, good, idx, ext = xs  # [n, 4], [n], [n], [n, 2]
-        ry = crop_rows(win[:, 1], win[:, 3], ext[:, 0], canvas)  # [n, S, canvas]
-        rx = crop_rows(win[:, 0], win[:, 2], ext[:, 1], canvas)
         img = images[idx].astype(jnp.float32)  # [n, canvas, canvas, 3]
-        crops = jnp.einsum("njh,nhwc->njwc", ry, img)
-        crops = jnp.einsum("njwc,niw->njic", crops, rx)  # [n, S, S, 3]
+        rows = crop_axis(win[:, 1], win[:, 3], ext[:, 0], canvas)  # 4 x [n, S]
+        cols = crop_axis(win[:, 0], win[:, 2], ext[:, 1], canvas)
+        crops = resample(img, rows, cols, (canvas, canvas))  # [n, S, S, 3]
         scores = apply_fn(variables, crops).astype(jnp.float32)  # [n, S, S, C]
-        py, cov_y = paste_rows(win[:, 1], win[:, 3], ext[:, 0], canvas)  # [n, canvas, S]
-        px, cov_x = paste_rows(win[:, 0], win[:, 2], ext[:, 1], canvas)
-        py = py * good[:, None, None]
-        pasted = jnp.einsum("ngj,njic->ngic", py, scores)
-        pasted = jnp.einsum("ngic,nhi->nghc", pasted, px)  # [n, canvas, canvas, C]
+        *rows, cov_y = paste_axis(win[:, 1], win[:, 3], ext[:, 0], canvas)  # 4 x [n, canvas]
+        *cols, cov_x = paste_axis(win[:, 0], win[:, 2], ext[:, 1], canvas)
+        rows[2], rows[3] = rows[2] * good[:, None], rows[3] * good[:, None]
+        pasted = resample(scores, rows, cols, (CROP_SIZE, CROP_SIZE))  # [n, canvas, canvas, C]
         covered = (cov_y[:, :, None] & cov_x[:, None, :] & good[:, None, None]).astype(jnp.int32)
         if aggregate == "max":
             acc = acc.at[idx].max(pasted)  # pasted is 0 off the window: max against the zero map
@@ -167,17 +232,21 @@ def _segment(apply_fn: ApplyFn, chunk_size: int, aggregate: str, variables, imag
         return a.reshape((num_chunks, chunk_size) + a.shape[1:])
 
     num_classes = jax.eval_shape(
-        lambda: apply_fn(variables, jnp.zeros((chunk_size, CROP_SIZE, CROP_SIZE, 3)))).shape[-1]
+        lambda: apply_fn(variables, jnp.zeros((chunk_size, CROP_SIZE, CROP_SIZE, 3)))
+    ).shape[-1]
     acc = jnp.zeros((b, canvas, canvas, num_classes), jnp.float32)
     count = jnp.zeros((b, canvas, canvas), jnp.int32)
-    (acc, count), _ = jax.lax.scan(step, (acc, count),
-                                   (chunked(windows), chunked(ok), chunked(img_index), chunked(hw)))
+    (acc, count), _ = jax.lax.scan(
+        step, (acc, count), (chunked(windows), chunked(ok), chunked(img_index), chunked(hw))
+    )
     if aggregate == "mean":
         acc = acc / jnp.maximum(count, 1)[..., None]
     return acc, count
 
 
-def make_segment_fn(apply_fn: ApplyFn, chunk_size: int = 10, aggregate: str = "max") -> Callable:
+def make_segment_fn(
+    apply_fn: ApplyFn, chunk_size: int = 10, aggregate: str = "max", resize_impl: str = "gather"
+) -> Callable:
     """The jitted proposal segmentation.
 
     Args:
@@ -185,6 +254,9 @@ def make_segment_fn(apply_fn: ApplyFn, chunk_size: int = 10, aggregate: str = "m
         (the network in eval mode).
       chunk_size: crops per network call (the B*K crops run in chunks of this size).
       aggregate: "max" (the release) or "mean".
+      resize_impl: "matmul" (dense interpolation matrices: Ry @ x @ Rx^T, tensor-core friendly)
+        or "gather" (the same two-tap weights applied by gathers: far fewer FLOPs, faster on CPU).
+        Both compute the same numbers (to float rounding).
 
     Returns:
       ``segment(variables, images float32 [B, P, P, 3], image_hw int32 [B, 2], boxes float32
@@ -197,7 +269,9 @@ def make_segment_fn(apply_fn: ApplyFn, chunk_size: int = 10, aggregate: str = "m
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return jax.jit(functools.partial(_segment, apply_fn, chunk_size, aggregate))
+    if resize_impl not in RESAMPLERS:
+        raise ValueError(f"resize_impl must be one of {tuple(RESAMPLERS)}, got {resize_impl!r}")
+    return jax.jit(functools.partial(_segment, apply_fn, chunk_size, aggregate, resize_impl))
 
 
 def make_whole_image_fn(apply_fn: ApplyFn) -> Callable:
@@ -210,7 +284,9 @@ def make_whole_image_fn(apply_fn: ApplyFn) -> Callable:
 
     def whole(variables, images):
         if images.shape[1] % 32 or images.shape[1] < CROP_SIZE:
-            raise ValueError(f"whole-image canvas {images.shape[1]} must be a multiple of 32, >= 224")
+            raise ValueError(
+                f"whole-image canvas {images.shape[1]} must be a multiple of 32, >= 224"
+            )
         return apply_fn(variables, images).astype(jnp.float32)
 
     return jax.jit(whole)
@@ -222,9 +298,9 @@ def labels_from_scores(scores: jax.Array, count: jax.Array | None = None) -> jax
     return labels if count is None else jnp.where(count > 0, labels, 0)
 
 
-# --- host-side helpers: canvases and padding -------------------------------------------------------
+# --- host-side helpers: canvases and padding -----------------------------------------------------
 def validate_canvas_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
-    """Sorted canvas sides; each must be a multiple of 32 and >= 224 (whole-image mode runs on them)."""
+    """Sorted canvas sides; each a multiple of 32 and >= 224 (whole-image mode runs on them)."""
     sizes = tuple(sorted(int(s) for s in sizes))
     if not sizes:
         raise ValueError("config.infer.canvas_sizes is empty")
@@ -235,7 +311,7 @@ def validate_canvas_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
 
 
 def canvas_for(height: int, width: int, sizes: Sequence[int]) -> int:
-    """The smallest canvas side in ``sizes`` that holds an H x W image (the largest if none does)."""
+    """The smallest canvas side in ``sizes`` holding an H x W image (the largest if none does)."""
     side = max(height, width)
     for s in sorted(sizes):
         if side <= s:

@@ -34,6 +34,7 @@ import ctypes.util
 import json
 import logging
 import pathlib
+import threading
 from typing import NamedTuple, Protocol, Sequence
 
 import cv2
@@ -56,8 +57,9 @@ class Proposals(NamedTuple):
 class ProposalSource(Protocol):
     name: str
 
-    def __call__(self, image: np.ndarray, image_id: str | None = None,
-                 gt_boxes: np.ndarray | None = None) -> Proposals: ...
+    def __call__(
+        self, image: np.ndarray, image_id: str | None = None, gt_boxes: np.ndarray | None = None
+    ) -> Proposals: ...
 
 
 def _empty() -> Proposals:
@@ -74,7 +76,10 @@ def _xywh_to_xyxy(rects: np.ndarray) -> np.ndarray:
     return np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)
 
 
-# --- selective search ------------------------------------------------------------------------------
+# --- selective search ----------------------------------------------------------------------------
+_C_RAND_LOCK = threading.Lock()
+
+
 def _seed_c_rand(seed: int) -> None:
     """Seeds C rand(), which OpenCV's selective search uses to rank its regions."""
     try:
@@ -87,7 +92,8 @@ class SelectiveSearch:
     """OpenCV selective search. ``mode``: "fast" or "quality"; ``max_boxes`` caps the output.
 
     OpenCV's ranking is random (level x C ``rand()``, as in the paper); libc's ``srand(seed)``
-    is called before every run so the result is a function of the image (where libc is found).
+    is called before every run so the result is a function of the image (where libc is found);
+    runs are serialised by a lock because rand() is process-wide state.
     """
 
     name = "selective_search"
@@ -104,15 +110,16 @@ class SelectiveSearch:
             ss.switchToSelectiveSearchFast()
         else:
             ss.switchToSelectiveSearchQuality()
-        _seed_c_rand(self.seed)
-        rects = ss.process()[: self.max_boxes]  # [N, 4] (x, y, w, h), best first
+        with _C_RAND_LOCK:
+            _seed_c_rand(self.seed)
+            rects = ss.process()[: self.max_boxes]  # [N, 4] (x, y, w, h), best first
         boxes = _xywh_to_xyxy(rects)
         return Proposals(boxes, _rank_scores(len(boxes)))
 
 
 # --- Edge Boxes ----------------------------------------------------------------------------------
 class EdgeBoxes:
-    """Edge Boxes on structured-forest edges (the release's proposals; the paper ranks the top 2000).
+    """Edge Boxes on structured-forest edges (the release's proposals; the paper ranks 2000).
 
     Args:
       model_path: the structured edge detection model (``model.yml.gz`` from opencv_extra,
@@ -122,14 +129,21 @@ class EdgeBoxes:
 
     name = "edge_boxes"
 
-    def __init__(self, model_path: str, max_boxes: int = 2000, alpha: float = 0.65,
-                 beta: float = 0.75, min_score: float = 0.01):
+    def __init__(
+        self,
+        model_path: str,
+        max_boxes: int = 2000,
+        alpha: float = 0.65,
+        beta: float = 0.75,
+        min_score: float = 0.01,
+    ):
         path = pathlib.Path(model_path) if model_path else None
         if path is None or not path.is_file():
             raise FileNotFoundError(
                 f"Edge Boxes needs a structured edge model file; {model_path or '(empty path)'!s} "
                 "not found. Set config.infer.edge_model to opencv_extra's "
-                "testdata/cv/ximgproc/model.yml.gz (or use another proposal source)")
+                "testdata/cv/ximgproc/model.yml.gz (or use another proposal source)"
+            )
         self.detector = cv2.ximgproc.createStructuredEdgeDetection(str(path))
         self.max_boxes, self.alpha, self.beta, self.min_score = max_boxes, alpha, beta, min_score
 
@@ -141,21 +155,30 @@ class EdgeBoxes:
 
     def __call__(self, image, image_id=None, gt_boxes=None) -> Proposals:
         edges, orientation = self.edges(image)
-        return boxes_from_edges(edges, orientation, self.max_boxes, self.alpha, self.beta,
-                                self.min_score)
+        return boxes_from_edges(
+            edges, orientation, self.max_boxes, self.alpha, self.beta, self.min_score
+        )
 
 
-def boxes_from_edges(edges: np.ndarray, orientation: np.ndarray, max_boxes: int = 2000,
-                     alpha: float = 0.65, beta: float = 0.75, min_score: float = 0.01) -> Proposals:
+def boxes_from_edges(
+    edges: np.ndarray,
+    orientation: np.ndarray,
+    max_boxes: int = 2000,
+    alpha: float = 0.65,
+    beta: float = 0.75,
+    min_score: float = 0.01,
+) -> Proposals:
     """Edge Boxes' box search on a given edge map (float32 [H, W]) and orientation map.
 
     Returns:
       Proposals sorted by Edge Boxes' score, best first.
     """
-    eb = cv2.ximgproc.createEdgeBoxes(alpha=alpha, beta=beta, minScore=min_score,
-                                      maxBoxes=max_boxes)
-    rects, scores = eb.getBoundingBoxes(np.asarray(edges, np.float32),
-                                        np.asarray(orientation, np.float32))
+    eb = cv2.ximgproc.createEdgeBoxes(
+        alpha=alpha, beta=beta, minScore=min_score, maxBoxes=max_boxes
+    )
+    rects, scores = eb.getBoundingBoxes(
+        np.asarray(edges, np.float32), np.asarray(orientation, np.float32)
+    )
     if rects is None or len(rects) == 0:
         return _empty()
     boxes = _xywh_to_xyxy(rects)
@@ -183,7 +206,9 @@ def load_proposal_file(path) -> dict[str, Proposals]:
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(raw, dict):
-            raise DataError(f"{path}: expected an object {{image id: [[x0, y0, x1, y1(, score)], ...]}}")
+            raise DataError(
+                f"{path}: expected an object {{image id: [[x0, y0, x1, y1(, score)], ...]}}"
+            )
     else:
         raise DataError(f"{path}: proposals file must be .npz or .json, got {path.suffix!r}")
     out = {}
@@ -196,8 +221,10 @@ def load_proposal_file(path) -> dict[str, Proposals]:
             out[key] = _empty()
             continue
         if a.ndim != 2 or a.shape[1] not in (4, 5):
-            raise DataError(f"{path}: image id {key!r}: expected rows of 4 (x0, y0, x1, y1) or 5 "
-                            f"(+ score) numbers, got shape {list(a.shape)}")
+            raise DataError(
+                f"{path}: image id {key!r}: expected rows of 4 (x0, y0, x1, y1) or 5 "
+                f"(+ score) numbers, got shape {list(a.shape)}"
+            )
         scores = a[:, 4].copy() if a.shape[1] == 5 else _rank_scores(len(a))
         out[key] = Proposals(np.ascontiguousarray(a[:, :4]), scores)
     return out
@@ -240,7 +267,7 @@ class GroundTruth:
         return Proposals(boxes.astype(np.float32), np.ones(len(boxes), np.float32))
 
 
-# --- sliding grid ----------------------------------------------------------------------------------
+# --- sliding grid --------------------------------------------------------------------------------
 def _starts(length: int, size: int, stride: int) -> list[int]:
     if size >= length:
         return [0]
@@ -280,28 +307,41 @@ class SlidingGrid:
         return Proposals(boxes[keep], np.asarray(scores, np.float32)[keep])
 
 
-# --- factory and selection ----------------------------------------------------------------------
+# --- factory and selection -----------------------------------------------------------------------
 def make_source(infer_config) -> ProposalSource:
     """The proposal source named by ``config.infer.proposals``."""
     name = infer_config.proposals
     if name == "selective_search":
-        return SelectiveSearch(infer_config.get("ss_mode", "fast"), infer_config.get("max_proposals", 2000))
+        return SelectiveSearch(
+            infer_config.get("ss_mode", "fast"), infer_config.get("max_proposals", 2000)
+        )
     if name == "edge_boxes":
-        return EdgeBoxes(infer_config.get("edge_model", ""), infer_config.get("max_proposals", 2000))
+        return EdgeBoxes(
+            infer_config.get("edge_model", ""), infer_config.get("max_proposals", 2000)
+        )
     if name == "precomputed":
         if not infer_config.get("proposals_file"):
-            raise ValueError("config.infer.proposals='precomputed' needs config.infer.proposals_file")
+            raise ValueError(
+                "config.infer.proposals='precomputed' needs config.infer.proposals_file"
+            )
         return Precomputed(infer_config.proposals_file)
     if name == "ground_truth":
         return GroundTruth(infer_config.get("gt_enlarge", 1.2))
     if name == "grid":
-        return SlidingGrid(tuple(infer_config.get("grid_sizes", (224, 336, 448))),
-                           infer_config.get("grid_overlap", 0.5))
+        return SlidingGrid(
+            tuple(infer_config.get("grid_sizes", (224, 336, 448))),
+            infer_config.get("grid_overlap", 0.5),
+        )
     raise ValueError(f"unknown config.infer.proposals {name!r} (expected one of {SOURCES})")
 
 
-def select_proposals(proposals: Proposals, image_hw: tuple[int, int], min_size: float = 112,
-                     top_k: int = 50, source: str = "") -> Proposals:
+def select_proposals(
+    proposals: Proposals,
+    image_hw: tuple[int, int],
+    min_size: float = 112,
+    top_k: int = 50,
+    source: str = "",
+) -> Proposals:
     """The release's selection: clip to the image, drop non-finite and zero-area boxes and boxes
     whose short side is under ``min_size``, then keep the ``top_k`` best by score (stable).
 
@@ -326,8 +366,15 @@ def select_proposals(proposals: Proposals, image_hw: tuple[int, int], min_size: 
     nonempty = (side_w > 0) & (side_h > 0)
     big = nonempty & (np.minimum(side_w, side_h) >= min_size)
     if (~finite).any() or n_clipped or (~nonempty).any():
-        log.debug("%s: %d non-finite, %d clipped to the %dx%d image, %d zero-area proposals dropped",
-                  source, int((~finite).sum()), n_clipped, w, h, int((~nonempty).sum()))
+        log.debug(
+            "%s: %d non-finite, %d clipped to the %dx%d image, %d zero-area proposals dropped",
+            source,
+            int((~finite).sum()),
+            n_clipped,
+            w,
+            h,
+            int((~nonempty).sum()),
+        )
     clipped, scores = clipped[big], scores[big]
     order = np.argsort(-scores, kind="stable")[:top_k]
     return Proposals(clipped[order], scores[order])
