@@ -39,7 +39,7 @@ def run_torch(args, state_dict, x_nhwc, compiled: bool):
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = DeconvNetTorch(width_multiplier=args.width).to(device).eval()
-    model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()})
+    model.load_flat({k: np.array(v) for k, v in state_dict.items()})
     x = torch.as_tensor(x_nhwc).permute(0, 3, 1, 2).contiguous().to(device)
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)

@@ -85,8 +85,7 @@ def _torch_model(args, state_dict):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = DeconvNetTorch(width_multiplier=args.width).to(device).train()
     if state_dict is not None:
-        model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()},
-                              strict=False)
+        model.load_flat({k: np.array(v) for k, v in state_dict.items()})
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model, device
@@ -212,12 +211,16 @@ def main() -> None:
         r["achieved_tflops"] = flops / r["step_s"] / 1e12
         if args.peak_tflops:
             r["mfu"] = r["achieved_tflops"] / args.peak_tflops
+    # Same weights and batch: the first step's losses must agree (a check that both do the same work).
+    first_loss_rel_diff = abs(rows["jax"]["first_loss"] - rows["torch_eager"]["first_loss"]) / abs(
+        rows["torch_eager"]["first_loss"])
     ratios = {f"jax_time_over_{k}": rows["jax"]["step_s"] / rows[k]["step_s"] for k in rows if k != "jax"}
     result = dict(
         benchmark="training step (forward + backward + SGD momentum), full network",
         batch=args.batch, size=args.size, width_multiplier=args.width, dtype=args.dtype,
         remat=args.remat, unpool=args.unpool or "default",
         gflop_per_image_step=flops / args.batch / 1e9, results=rows, ratios=ratios,
+        first_loss_rel_diff_jax_vs_torch=first_loss_rel_diff,
         env=common.environment(),
     )
     if args.max_batch:
@@ -228,7 +231,8 @@ def main() -> None:
         print(f"{k:<15}{r['step_s']:>10.3f}{r['images_per_s']:>10.2f}{r['achieved_tflops']:>10.3f}")
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
-    print(f"JAX compile {rows['jax']['compile_s']:.1f}s, init {rows['jax']['init_s']:.1f}s")
+    print(f"JAX compile {rows['jax']['compile_s']:.1f}s, init {rows['jax']['init_s']:.1f}s, "
+          f"first-step loss rel diff vs torch {first_loss_rel_diff:.1e}")
     common.write_json(args.out, result)
 
 

@@ -41,6 +41,8 @@ class Checkpointer:
         ])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
+            best_fn=lambda m: m["miou"],  # also makes orbax write each step's metrics to disk,
+            best_mode="max",  # so the best checkpoint is still known after a restart
             enable_async_checkpointing=async_save,
             create=create,
         )
@@ -86,7 +88,13 @@ class Checkpointer:
         return None
 
     def best_step(self) -> int | None:
-        return self.manager.best_step()
+        """The kept step with the highest saved val mIoU (None when no step carries metrics)."""
+        scored = []
+        for step in self.steps():
+            metrics = self.manager.metrics(step) or {}
+            if metrics.get("miou") is not None:
+                scored.append((float(metrics["miou"]), step))
+        return max(scored)[1] if scored else None
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -103,8 +111,11 @@ def abstract_state(state_shapes: Any, shardings: Any) -> Any:
     )
 
 
-def _load_init_from(path: str, abstract: Any, fresh: Any) -> Any:
-    """Params + batch_stats from a run directory or a PyTorch .pth into a fresh state."""
+def _load_init_from(path: str, abstract: Any, fresh: Any, model_name: str = "deconvnet") -> Any:
+    """Params + batch_stats from a run directory or a PyTorch .pth into a fresh state.
+
+    A .pth holds torchvision VGG16(-BN) (`features.*` keys: encoder, fc6, fc7) or a full state
+    dict of the model being trained (DeconvNet, or FCN-8s when model_name is "fcn8s")."""
     p = pathlib.Path(path)
     if p.suffix in (".pth", ".pt", ".bin"):
         from deconvnet_jax.interop import torch_weights  # noqa: PLC0415
@@ -113,8 +124,12 @@ def _load_init_from(path: str, abstract: Any, fresh: Any) -> Any:
         like = {"params": jax.device_get(fresh.params), "batch_stats": jax.device_get(fresh.batch_stats)}
         if any(k.startswith("features.") for k in sd):
             variables = torch_weights.vgg16_to_flax(sd, like)
+        elif model_name == "fcn8s":
+            from deconvnet_jax.interop import fcn_weights  # noqa: PLC0415
+
+            variables = fcn_weights.fcn_from_torch_state_dict(sd, like, source=str(p))
         else:
-            variables = torch_weights.torch_state_dict_to_flax(sd, like)
+            variables = torch_weights.torch_state_dict_to_flax(sd, like, source=str(p))
         place = lambda new, old: jax.device_put(np.asarray(new, old.dtype), old.sharding)  # noqa: E731
         return fresh.replace(
             params=jax.tree_util.tree_map(place, variables["params"], fresh.params),
@@ -143,7 +158,8 @@ def restore_or_init(config, ckpt: Checkpointer, abstract: Any, init_fn: Callable
         return got[0], got[1], f"resumed from config.resume {config.resume} step {got[3]}"
     fresh = init_fn()
     if config.get("init_from"):
-        return _load_init_from(config.init_from, abstract, fresh), None, f"initialised from {config.init_from}"
+        state = _load_init_from(config.init_from, abstract, fresh, config.model.get("name", "deconvnet"))
+        return state, None, f"initialised from {config.init_from}"
     return fresh, None, "initialised from scratch"
 
 

@@ -77,14 +77,20 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Calla
         (loss, (batch_stats, count, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
-        new = TrainState(state.step + 1, params, batch_stats, opt_state, rng)
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
         )
-        new = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, state)
+
+        def update() -> TrainState:
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            rng = jax.random.key_data(
+                jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
+            return TrainState(state.step + 1, params, batch_stats, opt_state, rng)
+
+        # A cond, not a where over the state: the update runs in place on the (donated) state
+        # instead of materialising new and old side by side (benchmarks/NOTES.md).
+        new = jax.lax.cond(finite, update, lambda: state)
         pred = jnp.argmax(logits, -1)
         valid = batch["label"] != IGNORE_LABEL
         acc = jnp.sum((pred == batch["label"]) & valid) / jnp.maximum(valid.sum(), 1)

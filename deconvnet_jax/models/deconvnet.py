@@ -105,6 +105,37 @@ class Deconv(nn.Module):
         return y + bias.astype(self.dtype)
 
 
+class Conv(nn.Module):
+    """Stride-1 convolution with nn.Conv's parameters (kernel [kh, kw, in, out], bias [out]).
+
+    Where the convolution is a matrix product it runs as one: a "VALID" kernel as large as its
+    input (fc6 at 224: 7x7 on pool5's 7x7) and 1x1 kernels (fc7, classifiers). XLA's CPU
+    convolution gradients are several times slower than the same dot products (benchmarks/NOTES.md).
+    """
+
+    features: int
+    kernel_size: int
+    padding: Any = "SAME"  # "VALID", "SAME" or ((top, bottom), (left, right))
+    dtype: Any = jnp.float32
+    kernel_init: Initializer = ENCODER_INIT
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, cin = self.kernel_size, x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        valid = isinstance(self.padding, str) and self.padding == "VALID"
+        if k == 1 and (valid or self.padding == "SAME"):
+            y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])  # [B, H, W, O]
+        elif valid and x.shape[1] == k and x.shape[2] == k:
+            y = (x.reshape(x.shape[0], -1) @ kernel.reshape(-1, self.features))[:, None, None, :]
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + bias.astype(self.dtype)
+
+
 class _Layers(nn.Module):
     """Shared options of the blocks below."""
 
@@ -126,15 +157,7 @@ class _Layers(nn.Module):
         return nn.relu(x)
 
     def conv(self, x, name, features, kernel, padding, init=ENCODER_INIT) -> jax.Array:
-        return nn.Conv(
-            features,
-            (kernel, kernel),
-            padding=padding,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=init,
-            name=name,
-        )(x)
+        return Conv(features, kernel, padding, dtype=self.dtype, kernel_init=init, name=name)(x)
 
 
 class EncoderBlock(_Layers):
@@ -243,14 +266,8 @@ class DeconvNet(nn.Module):
                 name=block,
                 **common,
             )(x, switches, train)
-        x = nn.Conv(
-            self.num_classes,
-            (1, 1),
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=DECODER_INIT,
-            name="seg_score",
-        )(x)
+        x = Conv(self.num_classes, 1, "VALID", dtype=self.dtype, kernel_init=DECODER_INIT,
+                 name="seg_score")(x)
         # float32 logits (the loss is computed in float32), float64 when asked for (parity tests).
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))
 
