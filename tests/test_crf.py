@@ -124,3 +124,15 @@ def test_missing_package_gives_install_hint(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'deconvnet_jax\[crf\]'") as info:
         crf.dense_crf(image, probs)
     assert "pydensecrf2==1.1" in str(info.value)
+
+
+@needs_crf
+def test_read_only_image_is_accepted():
+    """np.asarray(PIL image) is read-only; pydensecrf refuses such buffers unless copied."""
+    image = np.zeros((6, 8, 3), np.uint8)
+    image[:, 4:] = 255
+    image.setflags(write=False)
+    probs = np.full((6, 8, 2), 0.5, np.float32)
+    probs[:, :4, 0], probs[:, :4, 1] = 0.9, 0.1
+    q = crf.dense_crf(image, probs)
+    assert q.shape == (6, 8, 2) and np.allclose(q.sum(-1), 1, atol=1e-4)
