@@ -77,6 +77,29 @@ def run_jax(args) -> dict:
     return out
 
 
+def jax_memory(args) -> dict:
+    """Compiled train-step memory (XLA's memory_analysis, no run) with and without remat.
+
+    Skipped on CPU: XLA:CPU reports the same temp bytes with and without jax.checkpoint, even for
+    a toy chain of checkpointed matmuls (benchmarks/NOTES.md), so it is no measure of peak memory.
+    """
+    if jax.default_backend() == "cpu":
+        return {"skipped": "XLA:CPU memory_analysis does not reflect liveness/remat"}
+    out = {}
+    for remat in (False, True):
+        a = argparse.Namespace(**{**vars(args), "remat": remat})
+        step, state, data, _ = jax_setup(a, args.batch)
+        mem = step.lower(state, data).compile().memory_analysis()
+        if mem is None:
+            return {}
+        key = "remat" if remat else "no_remat"
+        out[key] = {"temp_bytes": int(mem.temp_size_in_bytes),
+                    "argument_bytes": int(mem.argument_size_in_bytes),
+                    "temp_bytes_per_image": int(mem.temp_size_in_bytes) / args.batch}
+        del step, state, data
+    return out
+
+
 def _torch_model(args, state_dict):
     import torch  # noqa: PLC0415
 
@@ -190,7 +213,8 @@ def main() -> None:
     parser.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--max_batch", action="store_true", help="search the largest batch (GPU)")
     parser.add_argument("--max_batch_limit", type=int, default=1024)
-    parser.add_argument("--peak_tflops", type=float, default=0.0, help="device peak for MFU")
+    parser.add_argument("--peak_tflops", type=float, default=0.0,
+                        help="MFU denominator (default: this device's measured matmul rate)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
@@ -206,11 +230,11 @@ def main() -> None:
     rows = {"jax": run_jax(args), "torch_eager": run_torch(args, state_dict, False)}
     if args.torch_compile:
         rows["torch_compile"] = run_torch(args, state_dict, True)
+    peak = args.peak_tflops or common.measured_matmul_tflops(args.dtype)
     for r in rows.values():
         r["images_per_s"] = args.batch / r["step_s"]
         r["achieved_tflops"] = flops / r["step_s"] / 1e12
-        if args.peak_tflops:
-            r["mfu"] = r["achieved_tflops"] / args.peak_tflops
+        r["mfu"] = r["achieved_tflops"] / peak
     # Same weights and batch: the first step's losses must agree (a check that both do the same work).
     first_loss_rel_diff = abs(rows["jax"]["first_loss"] - rows["torch_eager"]["first_loss"]) / abs(
         rows["torch_eager"]["first_loss"])
@@ -219,18 +243,26 @@ def main() -> None:
         benchmark="training step (forward + backward + SGD momentum), full network",
         batch=args.batch, size=args.size, width_multiplier=args.width, dtype=args.dtype,
         remat=args.remat, unpool=args.unpool or "default",
+        mfu_denominator_tflops=peak,
+        mfu_denominator=("--peak_tflops" if args.peak_tflops else "measured dense matmul rate"),
         gflop_per_image_step=flops / args.batch / 1e9, results=rows, ratios=ratios,
         first_loss_rel_diff_jax_vs_torch=first_loss_rel_diff,
         env=common.environment(),
     )
+    result["jax_memory"] = jax_memory(args)
     if args.max_batch:
         result["largest_batch"] = max_batches(args)
     print(f"train step: batch {args.batch} {args.size}x{args.size} width {args.width} {args.dtype}")
-    print(f"{'impl':<15}{'s/step':>10}{'img/s':>10}{'TFLOP/s':>10}")
+    print(f"{'impl':<15}{'s/step':>10}{'img/s':>10}{'TFLOP/s':>10}{'MFU':>8}")
     for k, r in rows.items():
-        print(f"{k:<15}{r['step_s']:>10.3f}{r['images_per_s']:>10.2f}{r['achieved_tflops']:>10.3f}")
+        print(f"{k:<15}{r['step_s']:>10.3f}{r['images_per_s']:>10.2f}{r['achieved_tflops']:>10.3f}"
+              f"{100 * r['mfu']:>7.1f}%")
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
+    for k, m in result["jax_memory"].items():
+        if not isinstance(m, dict):
+            continue
+        print(f"JAX {k}: activations/temporaries {m['temp_bytes_per_image'] / 2**20:.0f} MiB per image")
     print(f"JAX compile {rows['jax']['compile_s']:.1f}s, init {rows['jax']['init_s']:.1f}s, "
           f"first-step loss rel diff vs torch {first_loss_rel_diff:.1e}")
     common.write_json(args.out, result)

@@ -47,6 +47,21 @@ def deconvnet_forward_flops(height: int = 224, width: int = 224, width_multiplie
     return 2.0 * macs
 
 
+def measured_matmul_tflops(dtype: str = "float32", n: int = 0, repeats: int = 5) -> float:
+    """The device's measured dense matrix-product rate in TFLOP/s (JAX, n x n x n, median).
+
+    The MFU denominator: n = 4096 on CPU, 8192 on an accelerator; bf16 or f32 as the benchmark.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    n = n or (4096 if jax.default_backend() == "cpu" else 8192)
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.dtype(dtype))
+    f = jax.jit(lambda x, y: x @ y)
+    med, _ = median_time(lambda: f(a, a).block_until_ready(), repeats)
+    return 2.0 * n**3 / med / 1e12
+
+
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
     """Median wall time of fn() (fn must synchronise the device itself)."""
     for _ in range(warmup):

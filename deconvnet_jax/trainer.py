@@ -140,8 +140,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer = MetricWriter(workdir)
     preempt = _Preemption()
 
+    # The data position saved with a checkpoint is the one after the batches the state has
+    # consumed; the loop prefetches one batch ahead, so it tracks that position itself.
+    position = {"after_consumed": train_iter.get_state()}
+
     def save(step: int, metrics: dict | None = None):
-        ckpt.save(step, state, train_iter.get_state(), meta={"step": step}, metrics=metrics)
+        ckpt.save(step, state, position["after_consumed"], meta={"step": step}, metrics=metrics)
+
+    def fetch():
+        """The next global batch (host reading + transfer), and the stream position after it."""
+        batch = parallel.global_batch(next(train_iter), mesh)
+        return batch, train_iter.get_state()
 
     # --- the loop ----------------------------------------------------------------------
     step = int(jax.device_get(state.step))
@@ -151,9 +160,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                dynamic_ncols=True)
     window_t, window_n = time.perf_counter(), 0
     try:
+        batch, after_batch = fetch() if step < num_steps else (None, None)
         while step < num_steps:
-            batch = parallel.global_batch(next(train_iter), mesh)
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, batch)  # dispatched asynchronously...
+            position["after_consumed"] = after_batch
+            if step + 1 < num_steps:  # ...so reading the next batch overlaps the device step
+                batch, after_batch = fetch()
             metrics = jax.device_get(metrics)
             if not bool(metrics["finite"]):
                 ckpt.wait()
