@@ -22,29 +22,11 @@ Demo on the generated set (CPU, ~4 minutes; 40 steps: loss 0.86 -> 0.17, val mIo
       --config.train.num_steps=40 --config.train.eval_every=0 --config.train.log_every=5
 """
 
-from configs import default
+from configs import voc_stage1
 
 
 def get_config():
-    config = default.get_config()
+    config = voc_stage1.get_config()  # data, optimiser and schedule of DeconvNet's stage 1
     config.model.name = "fcn8s"
-    config.data.name = "voc"
-    config.data.train_split = "train_aug"
     config.data.mode = "whole"
-    config.data.normalization = "caffe_bgr"  # "imagenet" when init_from is a torchvision .pth
-    config.data.num_workers = 8
-    config.optim.name = "sgd"
-    config.optim.lr = 0.01
-    config.optim.momentum = 0.9
-    config.optim.weight_decay = 5e-4
-    config.optim.bias_lr_mult = 2.0
-    config.optim.schedule = "step"
-    config.optim.decay_steps = (9000,)  # optimiser updates (iterations of 64 images)
-    config.optim.gamma = 0.1
-    config.optim.accum_steps = 8
-    config.train.batch_size = 8  # micro-batch; x accum_steps = 64 per update
-    config.train.num_steps = 20000 * 8  # micro-steps
-    config.train.eval_every = 2000 * 8
-    config.train.checkpoint_every = 1000 * 8
-    config.train.log_every = 100
     return config

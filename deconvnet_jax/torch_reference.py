@@ -14,7 +14,24 @@ from torch import nn
 from deconvnet_jax.models.deconvnet import DECODER, ENCODER, FC, scaled
 
 
-class DeconvNetTorch(nn.Module):
+class FlatStateDict:
+    """State dicts keyed by the original layer names (modules live in ``self.layers``)."""
+
+    def state_dict_flat(self) -> dict[str, torch.Tensor]:
+        """State dict with the original layer names (no 'layers.' prefix, no num_batches_tracked)."""
+        return {k[len("layers."):]: v for k, v in self.state_dict().items()
+                if not k.endswith("num_batches_tracked")}
+
+    def load_flat(self, state: dict) -> None:
+        """Loads a state dict keyed by original layer names (every key must match)."""
+        full = {f"layers.{k}": torch.as_tensor(v) for k, v in state.items()}
+        missing, unexpected = self.load_state_dict(full, strict=False)
+        missing = [m for m in missing if not m.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise KeyError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+class DeconvNetTorch(FlatStateDict, nn.Module):
     """DeconvNet in PyTorch. Returns NCHW logits [B, num_classes, H, W].
 
     Args:
@@ -74,16 +91,3 @@ class DeconvNetTorch(nn.Module):
             for name in names:
                 x = self._cbr(x, name)
         return self.layers["seg_score"](x)
-
-    def state_dict_flat(self) -> dict[str, torch.Tensor]:
-        """State dict with the original layer names (no 'layers.' prefix, no num_batches_tracked)."""
-        return {k[len("layers."):]: v for k, v in self.state_dict().items()
-                if not k.endswith("num_batches_tracked")}
-
-    def load_flat(self, state: dict) -> None:
-        """Loads a state dict keyed by original layer names."""
-        full = {f"layers.{k}": torch.as_tensor(v) for k, v in state.items()}
-        missing, unexpected = self.load_state_dict(full, strict=False)
-        missing = [m for m in missing if not m.endswith("num_batches_tracked")]
-        if missing or unexpected:
-            raise KeyError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from deconvnet_jax.models.deconvnet import ENCODER, FC, scaled
+from deconvnet_jax.torch_reference import FlatStateDict
 from deconvnet_jax.models.fcn import (
     CROP_POOL3,
     CROP_POOL4,
@@ -23,7 +24,7 @@ from deconvnet_jax.models.fcn import (
 )
 
 
-class FCN8sTorch(nn.Module):
+class FCN8sTorch(FlatStateDict, nn.Module):
     """FCN-8s in PyTorch. Returns NCHW logits [B, num_classes, H, W] aligned to the input.
 
     Args:
@@ -87,17 +88,3 @@ class FCN8sTorch(nn.Module):
         up = up + self._crop(self.layers["score_pool3"](pools[2]), CROP_POOL3, up.shape[-2:])
         up = self.layers["upscore8"](up)
         return self._crop(up, CROP_SCORE, (h, w))
-
-    def state_dict_flat(self) -> dict[str, torch.Tensor]:
-        """State dict by original layer names (no 'layers.' prefix, no num_batches_tracked)."""
-        return {k[len("layers."):]: v for k, v in self.state_dict().items()
-                if not k.endswith("num_batches_tracked")}
-
-    def load_flat(self, state: dict) -> None:
-        """Loads a state dict keyed by original layer names (every key must match)."""
-        full = {f"layers.{k}": torch.as_tensor(v) for k, v in state.items()}
-        missing, unexpected = self.load_state_dict(full, strict=False)
-        missing = [m for m in missing if not m.endswith("num_batches_tracked")]
-        if missing or unexpected:
-            raise KeyError(f"state dict mismatch: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
