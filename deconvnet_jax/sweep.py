@@ -44,7 +44,8 @@ def run_name(overrides: dict[str, Any]) -> str:
     """A folder-safe name for a run: ``optim.lr=0.01,data.mode=whole``."""
     if not overrides:
         return "base"
-    text = ",".join(f"{k}={v}" for k, v in overrides.items())
+    show = lambda v: "-".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)  # noqa: E731
+    text = ",".join(f"{k}={show(v)}" for k, v in overrides.items())
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
 
 

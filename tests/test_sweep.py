@@ -22,6 +22,7 @@ def test_apply_overrides_and_names(tmp_path):
     with pytest.raises(KeyError, match="optim.lrr"):
         sweep.apply_overrides(base, {"optim.lrr": 1.0})
     assert sweep.run_name({"optim.lr": 0.01, "data.mode": "whole"}) == "optim.lr=0.01,data.mode=whole"
+    assert sweep.run_name({"optim.decay_steps": (200, 300)}) == "optim.decay_steps=200-300"
     bad = tmp_path / "bad.py"
     bad.write_text("def get_sweep():\n    yield 3\n")
     with pytest.raises(ValueError, match="not a dict"):
