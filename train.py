@@ -1,4 +1,4 @@
-"""Train DeconvNet.  `python train.py` trains the demo (tiny model, generated data) and prints val mIoU.
+"""Train DeconvNet. `python train.py` trains the demo (tiny model, generated data), prints val mIoU.
 
   python train.py --config configs/voc_stage1.py --workdir runs/s1 --config.data.voc_root=... \
       --config.optim.lr=0.01
@@ -16,7 +16,9 @@ from ml_collections import config_flags
 _HERE = os.path.dirname(os.path.abspath(__file__))
 config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "demo.py"), "Config file.")
 flags.DEFINE_string("workdir", "runs/demo", "Run directory: checkpoints, metrics, plots.")
-flags.DEFINE_string("coordinator", "", "jax.distributed coordinator address host:port (multi-host).")
+flags.DEFINE_string(
+    "coordinator", "", "jax.distributed coordinator address host:port (multi-host)."
+)
 flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", -1, "This process's index (multi-host).")
 FLAGS = flags.FLAGS
@@ -33,8 +35,10 @@ def main(argv):
     if final.get("preempted"):
         print(f"preempted at step {final['step']}; rerun the same command to resume")
         return
-    print(f"final val mIoU: {100 * final['miou']:.2f}  (pixel acc {100 * final['pixel_acc']:.2f}) "
-          f"-- {FLAGS.workdir}")
+    print(
+        f"final val mIoU: {100 * final['miou']:.2f}  (pixel acc {100 * final['pixel_acc']:.2f}) "
+        f"-- {FLAGS.workdir}"
+    )
 
 
 if __name__ == "__main__":

@@ -69,17 +69,27 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
-    parser.add_argument("--peak_tflops", type=float, default=0.0,
-                        help="MFU denominator (default: this device's measured matmul rate)")
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=0.0,
+        help="MFU denominator (default: this device's measured matmul rate)",
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
     from deconvnet_jax.interop.torch_weights import flax_to_torch_state_dict
 
     model = DeconvNet(width_multiplier=args.width)
-    x = np.random.default_rng(0).standard_normal((args.batch, args.size, args.size, 3)).astype(np.float32)
+    x = (
+        np.random.default_rng(0)
+        .standard_normal((args.batch, args.size, args.size, 3))
+        .astype(np.float32)
+    )
     t0 = time.perf_counter()
-    variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, args.size, args.size, 3))))()
+    variables = jax.jit(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, args.size, args.size, 3)))
+    )()
     jax.block_until_ready(variables)
     init_s = time.perf_counter() - t0
     state_dict = flax_to_torch_state_dict(variables)
@@ -100,23 +110,36 @@ def main() -> None:
         r["images_per_s"] = args.batch / r["step_s"]
         r["achieved_tflops"] = flops / r["step_s"] / 1e12
         r["mfu"] = r["achieved_tflops"] / peak
-    ratios = {f"jax_time_over_{k}": rows["jax"]["step_s"] / rows[k]["step_s"] for k in rows if k != "jax"}
+    ratios = {
+        f"jax_time_over_{k}": rows["jax"]["step_s"] / rows[k]["step_s"] for k in rows if k != "jax"
+    }
     result = dict(
         benchmark="inference (eval mode), full network",
-        batch=args.batch, size=args.size, width_multiplier=args.width, dtype=args.dtype,
+        batch=args.batch,
+        size=args.size,
+        width_multiplier=args.width,
+        dtype=args.dtype,
         mfu_denominator_tflops=peak,
         mfu_denominator=("--peak_tflops" if args.peak_tflops else "measured dense matmul rate"),
-        gflop_per_image=flops / args.batch / 1e9, results=rows, ratios=ratios,
-        output_rel_err_jax_vs_torch=rel_err, env=common.environment(),
+        gflop_per_image=flops / args.batch / 1e9,
+        results=rows,
+        ratios=ratios,
+        output_rel_err_jax_vs_torch=rel_err,
+        env=common.environment(),
     )
     print(f"batch {args.batch} {args.size}x{args.size} width {args.width} {args.dtype}")
     print(f"{'impl':<15}{'s/step':>10}{'img/s':>10}{'TFLOP/s':>10}{'MFU':>8}")
     for k, r in rows.items():
-        print(f"{k:<15}{r['step_s']:>10.3f}{r['images_per_s']:>10.2f}{r['achieved_tflops']:>10.3f}"
-              f"{100 * r['mfu']:>7.1f}%")
+        print(
+            f"{k:<15}{r['step_s']:>10.3f}{r['images_per_s']:>10.2f}{r['achieved_tflops']:>10.3f}"
+            f"{100 * r['mfu']:>7.1f}%"
+        )
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
-    print(f"JAX compile {rows['jax']['compile_s']:.1f}s, init {init_s:.1f}s, output rel err {rel_err:.2e}")
+    print(
+        f"JAX compile {rows['jax']['compile_s']:.1f}s, init {init_s:.1f}s, "
+        f"output rel err {rel_err:.2e}"
+    )
     common.write_json(args.out, result)
 
 

@@ -30,7 +30,8 @@ from deconvnet_jax.data import crops, loader, voc
 
 DEFAULT_ROOT = os.environ.get(
     "DECONVNET_VOC_SAMPLES",
-    str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_samples"))
+    str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_samples"),
+)
 GOAL = 150.0
 # What was sped up to get here (same outputs; measured on this 2-core shared machine, CPU time).
 OPTIMISATIONS = [
@@ -48,18 +49,25 @@ OPTIMISATIONS = [
 
 def _cpu_seconds(proc: psutil.Process) -> tuple[float, float]:
     """User + system CPU seconds of proc and of its live children (grain workers)."""
+
     def cpu(p):
         try:
             t = p.cpu_times()
             return t.user + t.system
         except psutil.NoSuchProcess:
             return 0.0
+
     return cpu(proc), sum(cpu(p) for p in proc.children(recursive=True))
 
 
 def _rates(n: int, wall: float, cpu: float) -> dict:
-    return {"crops": n, "wall_s": wall, "cpu_s": cpu, "crops_per_s_wall": n / wall,
-            "crops_per_cpu_s": n / cpu}
+    return {
+        "crops": n,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "crops_per_s_wall": n / wall,
+        "crops_per_cpu_s": n / cpu,
+    }
 
 
 def bench_function(root: str, split: str, epochs: int, seed: int = 0) -> dict:
@@ -90,8 +98,10 @@ def bench_stages(root: str, split: str) -> dict:
     src = {i: ds._sources[i] for i in ds.ids}  # noqa: SLF001  (file paths only)
     examples = [ds.load(i) for i in ds.ids]
     windows = [crops.choose_window(ex, "stage1", rng) for ex in examples]
-    resized = [crops.extract_window(ex["image"], ex["label"], w, 250, crops.mean_pixel())
-               for ex, w in zip(examples, windows)]
+    resized = [
+        crops.extract_window(ex["image"], ex["label"], w, 250, crops.mean_pixel())
+        for ex, w in zip(examples, windows)
+    ]
     cropped = [crops.random_crop_flip(im, lab, 224, rng) for im, lab in resized]
 
     def per_example(fn, items) -> float:
@@ -103,12 +113,21 @@ def bench_stages(root: str, split: str) -> dict:
     return {
         "read_jpeg_ms": per_example(lambda i: voc.read_image(src[i].image), ds.ids),
         "read_mask_png_ms": per_example(lambda i: voc.read_mask(src[i].label), ds.ids),
-        "boxes_uncached_ms": per_example(lambda i: ds._boxes(src[i], voc.read_mask(  # noqa: SLF001
-            src[i].label)), ds.ids),
+        "boxes_uncached_ms": per_example(
+            lambda i: ds._boxes(
+                src[i],
+                voc.read_mask(  # noqa: SLF001
+                    src[i].label
+                ),
+            ),
+            ds.ids,
+        ),
         "window_resize_250_ms": per_example(
-            lambda k: crops.extract_window(examples[k]["image"], examples[k]["label"],
-                                           windows[k], 250, crops.mean_pixel()),
-            range(len(examples))),
+            lambda k: crops.extract_window(
+                examples[k]["image"], examples[k]["label"], windows[k], 250, crops.mean_pixel()
+            ),
+            range(len(examples)),
+        ),
         "crop_224_flip_ms": per_example(lambda r: crops.random_crop_flip(*r, 224, rng), resized),
         "normalize_ms": per_example(lambda r: crops.normalize(r[0]), cropped),
     }
@@ -132,9 +151,13 @@ def bench_loader(root: str, split: str, num_crops: int, batch: int, workers: int
     finally:
         it.close()
     out = _rates(steps * batch, wall, (main1 - main0) + (kids1 - kids0))
-    out.update(main_process_cpu_s=main1 - main0, worker_processes_cpu_s=kids1 - kids0,
-               num_workers=workers, batch=batch,
-               threads="grain ReadOptions(num_threads=2)" if workers == 0 else "1 per worker")
+    out.update(
+        main_process_cpu_s=main1 - main0,
+        worker_processes_cpu_s=kids1 - kids0,
+        num_workers=workers,
+        batch=batch,
+        threads="grain ReadOptions(num_threads=2)" if workers == 0 else "1 per worker",
+    )
     return out
 
 
@@ -152,15 +175,19 @@ def main() -> None:
     load_before = os.getloadavg()
     function = bench_function(args.voc_root, args.split, args.epochs)
     stages = bench_stages(args.voc_root, args.split)
-    loaders = [bench_loader(args.voc_root, args.split, args.crops, args.batch, int(w))
-               for w in args.workers.split(",") if w != ""]
-    per_core = min([function["later_epochs"]["crops_per_cpu_s"]]
-                   + [r["crops_per_cpu_s"] for r in loaders])
+    loaders = [
+        bench_loader(args.voc_root, args.split, args.crops, args.batch, int(w))
+        for w in args.workers.split(",")
+        if w != ""
+    ]
+    per_core = min(
+        [function["later_epochs"]["crops_per_cpu_s"]] + [r["crops_per_cpu_s"] for r in loaders]
+    )
     result = {
         "benchmark": "stage-1 training crops (250 -> 224, flip, caffe BGR) per CPU core",
         "device": "cpu",
         "data": f"{args.voc_root} split {args.split} "
-                f"({len(voc.VOCDataset(args.voc_root, args.split))} real VOC 2012 images)",
+        f"({len(voc.VOCDataset(args.voc_root, args.split))} real VOC 2012 images)",
         "goal_crops_per_s_per_core": GOAL,
         "crops_per_s_per_core": per_core,
         "meets_goal": per_core >= GOAL,
@@ -172,11 +199,16 @@ def main() -> None:
         **common.environment(),
     }
     for r in [function["first_epoch"], function["later_epochs"]] + loaders:
-        where = (f"TrainLoader, {r['num_workers']} workers (main {r['main_process_cpu_s']:.2f} "
-                 f"+ workers {r['worker_processes_cpu_s']:.2f} CPU-s)"
-                 if "num_workers" in r else "plain loop")
-        print(f"{r['crops']:6d} crops: {r['crops_per_cpu_s']:7.1f} crops/CPU-s, "
-              f"{r['crops_per_s_wall']:7.1f} crops/s wall  [{where}]")
+        where = (
+            f"TrainLoader, {r['num_workers']} workers (main {r['main_process_cpu_s']:.2f} "
+            f"+ workers {r['worker_processes_cpu_s']:.2f} CPU-s)"
+            if "num_workers" in r
+            else "plain loop"
+        )
+        print(
+            f"{r['crops']:6d} crops: {r['crops_per_cpu_s']:7.1f} crops/CPU-s, "
+            f"{r['crops_per_s_wall']:7.1f} crops/s wall  [{where}]"
+        )
     print("stages (ms/example):", {k: round(v, 3) for k, v in stages.items()})
     print(f"per core: {per_core:.1f} crops/s (goal {GOAL:.0f})")
     common.write_json(args.out, result)

@@ -28,9 +28,20 @@ from deconvnet_jax.models.deconvnet import DeconvNet
 
 
 def _optim_config(lr: float = 1e-3) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        name="sgd", lr=lr, momentum=0.9, weight_decay=5e-4, bias_lr_mult=1.0, schedule="constant",
-        decay_steps=(), gamma=0.1, accum_steps=1, clip_norm=0.0))
+    return ml_collections.ConfigDict(
+        dict(
+            name="sgd",
+            lr=lr,
+            momentum=0.9,
+            weight_decay=5e-4,
+            bias_lr_mult=1.0,
+            schedule="constant",
+            decay_steps=(),
+            gamma=0.1,
+            accum_steps=1,
+            clip_norm=0.0,
+        )
+    )
 
 
 def _batch(batch: int, size: int, seed: int = 0) -> dict:
@@ -42,8 +53,12 @@ def _batch(batch: int, size: int, seed: int = 0) -> dict:
 
 def jax_setup(args, batch: int):
     """(step fn, state, device batch, init seconds)."""
-    model = DeconvNet(width_multiplier=args.width, dtype=jnp.dtype(args.dtype), remat=args.remat,
-                      unpool_impl=args.unpool or None)
+    model = DeconvNet(
+        width_multiplier=args.width,
+        dtype=jnp.dtype(args.dtype),
+        remat=args.remat,
+        unpool_impl=args.unpool or None,
+    )
     shape = (1, args.size, args.size, 3)
     pshapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))["params"]
     tx = optim.make_optimizer(_optim_config(), pshapes)
@@ -93,9 +108,11 @@ def jax_memory(args) -> dict:
         if mem is None:
             return {}
         key = "remat" if remat else "no_remat"
-        out[key] = {"temp_bytes": int(mem.temp_size_in_bytes),
-                    "argument_bytes": int(mem.argument_size_in_bytes),
-                    "temp_bytes_per_image": int(mem.temp_size_in_bytes) / args.batch}
+        out[key] = {
+            "temp_bytes": int(mem.temp_size_in_bytes),
+            "argument_bytes": int(mem.argument_size_in_bytes),
+            "temp_bytes_per_image": int(mem.temp_size_in_bytes) / args.batch,
+        }
         del step, state, data
     return out
 
@@ -119,8 +136,11 @@ def torch_step_fn(args, model, device, batch: int, compiled: bool):
 
     decay = [p for n, p in model.named_parameters() if n.endswith("weight") and "_bn" not in n]
     rest = [p for n, p in model.named_parameters() if not (n.endswith("weight") and "_bn" not in n)]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": rest, "weight_decay": 0}],
-                          lr=1e-3, momentum=0.9)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 5e-4}, {"params": rest, "weight_decay": 0}],
+        lr=1e-3,
+        momentum=0.9,
+    )
     data = _batch(batch, args.size)
     x = torch.as_tensor(data["image"]).permute(0, 3, 1, 2).contiguous().to(device)
     y = torch.as_tensor(data["label"]).long().to(device)
@@ -196,9 +216,11 @@ def max_batches(args) -> dict:
             del model
             torch.cuda.empty_cache()
 
-    return {"jax": largest_batch(lambda b: jax_try(b, False), 8, args.max_batch_limit),
-            "jax_remat": largest_batch(lambda b: jax_try(b, True), 8, args.max_batch_limit),
-            "torch_eager": largest_batch(torch_try, 8, args.max_batch_limit)}
+    return {
+        "jax": largest_batch(lambda b: jax_try(b, False), 8, args.max_batch_limit),
+        "jax_remat": largest_batch(lambda b: jax_try(b, True), 8, args.max_batch_limit),
+        "torch_eager": largest_batch(torch_try, 8, args.max_batch_limit),
+    }
 
 
 def main() -> None:
@@ -213,16 +235,21 @@ def main() -> None:
     parser.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--max_batch", action="store_true", help="search the largest batch (GPU)")
     parser.add_argument("--max_batch_limit", type=int, default=1024)
-    parser.add_argument("--peak_tflops", type=float, default=0.0,
-                        help="MFU denominator (default: this device's measured matmul rate)")
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=0.0,
+        help="MFU denominator (default: this device's measured matmul rate)",
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
     from deconvnet_jax.interop.torch_weights import flax_to_torch_state_dict  # noqa: PLC0415
 
     model = DeconvNet(width_multiplier=args.width)
-    variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0),
-                                           jnp.zeros((1, args.size, args.size, 3))))()
+    variables = jax.jit(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, args.size, args.size, 3)))
+    )()
     state_dict = flax_to_torch_state_dict(jax.device_get(variables))
     del variables
 
@@ -235,17 +262,26 @@ def main() -> None:
         r["images_per_s"] = args.batch / r["step_s"]
         r["achieved_tflops"] = flops / r["step_s"] / 1e12
         r["mfu"] = r["achieved_tflops"] / peak
-    # Same weights and batch: the first step's losses must agree (a check that both do the same work).
+    # Same weights and batch: the first step's losses must agree (both do the same work).
     first_loss_rel_diff = abs(rows["jax"]["first_loss"] - rows["torch_eager"]["first_loss"]) / abs(
-        rows["torch_eager"]["first_loss"])
-    ratios = {f"jax_time_over_{k}": rows["jax"]["step_s"] / rows[k]["step_s"] for k in rows if k != "jax"}
+        rows["torch_eager"]["first_loss"]
+    )
+    ratios = {
+        f"jax_time_over_{k}": rows["jax"]["step_s"] / rows[k]["step_s"] for k in rows if k != "jax"
+    }
     result = dict(
         benchmark="training step (forward + backward + SGD momentum), full network",
-        batch=args.batch, size=args.size, width_multiplier=args.width, dtype=args.dtype,
-        remat=args.remat, unpool=args.unpool or "default",
+        batch=args.batch,
+        size=args.size,
+        width_multiplier=args.width,
+        dtype=args.dtype,
+        remat=args.remat,
+        unpool=args.unpool or "default",
         mfu_denominator_tflops=peak,
         mfu_denominator=("--peak_tflops" if args.peak_tflops else "measured dense matmul rate"),
-        gflop_per_image_step=flops / args.batch / 1e9, results=rows, ratios=ratios,
+        gflop_per_image_step=flops / args.batch / 1e9,
+        results=rows,
+        ratios=ratios,
         first_loss_rel_diff_jax_vs_torch=first_loss_rel_diff,
         env=common.environment(),
     )
@@ -255,16 +291,23 @@ def main() -> None:
     print(f"train step: batch {args.batch} {args.size}x{args.size} width {args.width} {args.dtype}")
     print(f"{'impl':<15}{'s/step':>10}{'img/s':>10}{'TFLOP/s':>10}{'MFU':>8}")
     for k, r in rows.items():
-        print(f"{k:<15}{r['step_s']:>10.3f}{r['images_per_s']:>10.2f}{r['achieved_tflops']:>10.3f}"
-              f"{100 * r['mfu']:>7.1f}%")
+        print(
+            f"{k:<15}{r['step_s']:>10.3f}{r['images_per_s']:>10.2f}{r['achieved_tflops']:>10.3f}"
+            f"{100 * r['mfu']:>7.1f}%"
+        )
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
     for k, m in result["jax_memory"].items():
         if not isinstance(m, dict):
             continue
-        print(f"JAX {k}: activations/temporaries {m['temp_bytes_per_image'] / 2**20:.0f} MiB per image")
-    print(f"JAX compile {rows['jax']['compile_s']:.1f}s, init {rows['jax']['init_s']:.1f}s, "
-          f"first-step loss rel diff vs torch {first_loss_rel_diff:.1e}")
+        print(
+            f"JAX {k}: activations/temporaries "
+            f"{m['temp_bytes_per_image'] / 2**20:.0f} MiB per image"
+        )
+    print(
+        f"JAX compile {rows['jax']['compile_s']:.1f}s, init {rows['jax']['init_s']:.1f}s, "
+        f"first-step loss rel diff vs torch {first_loss_rel_diff:.1e}"
+    )
     common.write_json(args.out, result)
 
 

@@ -1,7 +1,8 @@
 """Unpooling formulations, forward + backward, at DeconvNet's five unpooling shapes.
 
-Times `max_unpool` (impl "scatter" and "window") under jit, forward and forward+backward, summed over
-the five decoder stages at full width, and torch's max_unpool2d doing the same work (NCHW) in the same
+Times `max_unpool` (impl "scatter" and "window") under jit, forward and forward+backward, summed
+over the five decoder stages at full width, and torch's max_unpool2d doing the same work (NCHW) in
+the same
 run. Writes a JSON result.
 
   python benchmarks/bench_unpool.py --batch 2 --out benchmarks/results/unpool_cpu.json
@@ -45,7 +46,9 @@ def bench_jax(batch: int, repeats: int) -> dict:
             x = jnp.asarray(rng.standard_normal((batch, side, side, ch)), jnp.float32)
             pooled, switches = jax.jit(max_pool_with_switches)(x)
             g = jnp.asarray(rng.standard_normal((batch, side, side, ch)), jnp.float32)
-            fwd = jax.jit(lambda p, s, impl=impl, side=side: max_unpool(p, s, (side, side), impl=impl))
+            fwd = jax.jit(
+                lambda p, s, impl=impl, side=side: max_unpool(p, s, (side, side), impl=impl)
+            )
             # value_and_grad: the forward result must be computed (in the network it feeds
             # the next deconv), so XLA cannot drop the scatter.
             fwd_bwd = jax.jit(
@@ -56,7 +59,9 @@ def bench_jax(batch: int, repeats: int) -> dict:
                 )
             )
             fwd_total += _median_time(lambda: fwd(pooled, switches).block_until_ready(), repeats)
-            bwd_total += _median_time(lambda: jax.block_until_ready(fwd_bwd(pooled, switches)), repeats)
+            bwd_total += _median_time(
+                lambda: jax.block_until_ready(fwd_bwd(pooled, switches)), repeats
+            )
         results[impl] = {"forward_s": fwd_total, "forward_backward_s": bwd_total}
     return results
 
@@ -70,7 +75,9 @@ def bench_torch(batch: int, repeats: int) -> dict:
         x = torch.randn(batch, ch, side, side)
         p, i = F.max_pool2d(x, 2, 2, return_indices=True)
         g = torch.randn(batch, ch, side, side)
-        fwd_total += _median_time(lambda: F.max_unpool2d(p, i, 2, 2, output_size=(side, side)), repeats)
+        fwd_total += _median_time(
+            lambda: F.max_unpool2d(p, i, 2, 2, output_size=(side, side)), repeats
+        )
 
         def fb():
             pr = p.detach().requires_grad_(True)

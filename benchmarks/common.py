@@ -17,8 +17,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from deconvnet_jax.models.deconvnet import DECODER, ENCODER, FC, scaled  # noqa: E402
 
 
-def deconvnet_forward_flops(height: int = 224, width: int = 224, width_multiplier: float = 1.0,
-                            num_classes: int = 21) -> float:
+def deconvnet_forward_flops(
+    height: int = 224, width: int = 224, width_multiplier: float = 1.0, num_classes: int = 21
+) -> float:
     """Multiply-adds x 2 of every conv/deconv/classifier for one image (BN, ReLU, pooling excluded).
 
     A stride-1 convolution costs out_h * out_w * k * k * cin * cout MACs; a stride-1 transposed
@@ -62,7 +63,9 @@ def measured_matmul_tflops(dtype: str = "float32", n: int = 0, repeats: int = 5)
     return 2.0 * n**3 / med / 1e12
 
 
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+def median_time(
+    fn: Callable[[], object], repeats: int, warmup: int = 1
+) -> tuple[float, list[float]]:
     """Median wall time of fn() (fn must synchronise the device itself)."""
     for _ in range(warmup):
         fn()
@@ -99,8 +102,9 @@ def environment() -> dict:
     except ImportError:
         pass
     try:
-        env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                           text=True, check=False).stdout.strip()
+        env["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     except OSError:
         pass
     return env

@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.eval_batch_size = 8
     config.train.eval_max_images = 0  # 0 = the whole validation split
     # The release's BN step: before testing, average batch statistics over this many training
-    # batches and use them instead of the running averages (it used ~500; 0 = keep running averages).
+    # batches and use them instead of the running averages (it used ~500; 0 = running averages).
     config.train.recompute_bn_batches = 0
 
     # --- parallelism (deconvnet_jax/parallel.py) -------------------------------------

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 
-def recompute_batch_stats(model, variables: dict, batches: Iterable[dict], num_batches: int,
-                          progress: bool = True) -> Any:
+def recompute_batch_stats(
+    model, variables: dict, batches: Iterable[dict], num_batches: int, progress: bool = True
+) -> Any:
     """Averages per-batch BN statistics over `num_batches` training batches.
 
     Args:
@@ -39,8 +40,12 @@ def recompute_batch_stats(model, variables: dict, batches: Iterable[dict], num_b
 
     @jax.jit
     def stats(params, batch_stats, image):
-        _, upd = frozen.apply({"params": params, "batch_stats": batch_stats}, image, train=True,
-                              mutable=["batch_stats"])
+        _, upd = frozen.apply(
+            {"params": params, "batch_stats": batch_stats},
+            image,
+            train=True,
+            mutable=["batch_stats"],
+        )
         return upd["batch_stats"]
 
     total = None

@@ -35,10 +35,14 @@ class Checkpointer:
 
     def __init__(self, directory, keep: int = 3, async_save: bool = True, create: bool = True):
         self.directory = pathlib.Path(directory).absolute()
-        policy = ocm.AnyPreservationPolicy([
-            ocm.LatestN(n=keep),
-            ocm.BestN(get_metric_fn=lambda m: m["miou"], n=1, keep_checkpoints_without_metrics=False),
-        ])
+        policy = ocm.AnyPreservationPolicy(
+            [
+                ocm.LatestN(n=keep),
+                ocm.BestN(
+                    get_metric_fn=lambda m: m["miou"], n=1, keep_checkpoints_without_metrics=False
+                ),
+            ]
+        )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
             best_fn=lambda m: m["miou"],  # also makes orbax write each step's metrics to disk,
@@ -51,8 +55,14 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, data_state: dict | None, meta: dict | None = None,
-             metrics: dict | None = None) -> None:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_state: dict | None,
+        meta: dict | None = None,
+        metrics: dict | None = None,
+    ) -> None:
         """Saves (asynchronously) the state, the data-iterator state and metadata at `step`."""
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
@@ -83,8 +93,13 @@ class Checkpointer:
                 state, data, meta = self.restore(step, abstract_state)
                 return state, data, meta, step
             except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
-                log.error("checkpoint %s/%d is incomplete or corrupt (%s: %s); trying the previous one",
-                          self.directory, step, type(e).__name__, str(e)[:300])
+                log.error(
+                    "checkpoint %s/%d is incomplete or corrupt (%s: %s); trying the previous one",
+                    self.directory,
+                    step,
+                    type(e).__name__,
+                    str(e)[:300],
+                )
         return None
 
     def best_step(self) -> int | None:
@@ -121,7 +136,10 @@ def _load_init_from(path: str, abstract: Any, fresh: Any, model_name: str = "dec
         from deconvnet_jax.interop import torch_weights  # noqa: PLC0415
 
         sd = torch_weights.load_torch_checkpoint(p)
-        like = {"params": jax.device_get(fresh.params), "batch_stats": jax.device_get(fresh.batch_stats)}
+        like = {
+            "params": jax.device_get(fresh.params),
+            "batch_stats": jax.device_get(fresh.batch_stats),
+        }
         if any(k.startswith("features.") for k in sd):
             variables = torch_weights.vgg16_to_flax(sd, like)
         elif model_name == "fcn8s":
@@ -154,11 +172,15 @@ def restore_or_init(config, ckpt: Checkpointer, abstract: Any, init_fn: Callable
         got = other.restore_latest(abstract)
         other.close()
         if got is None:
-            raise FileNotFoundError(f"config.resume={config.resume}: no restorable checkpoint there")
+            raise FileNotFoundError(
+                f"config.resume={config.resume}: no restorable checkpoint there"
+            )
         return got[0], got[1], f"resumed from config.resume {config.resume} step {got[3]}"
     fresh = init_fn()
     if config.get("init_from"):
-        state = _load_init_from(config.init_from, abstract, fresh, config.model.get("name", "deconvnet"))
+        state = _load_init_from(
+            config.init_from, abstract, fresh, config.model.get("name", "deconvnet")
+        )
         return state, None, f"initialised from {config.init_from}"
     return fresh, None, "initialised from scratch"
 
@@ -171,14 +193,16 @@ def load_variables(path, config, best: bool = False) -> dict:
       config: the run's config (builds the abstract state to restore into).
       best: restore the best-mIoU checkpoint instead of the latest.
     """
-    from deconvnet_jax.models.deconvnet import build_model  # noqa: PLC0415
     from deconvnet_jax import optim, train_lib  # noqa: PLC0415
+    from deconvnet_jax.models.deconvnet import build_model  # noqa: PLC0415
 
     model = build_model(config.model)
     size = config.data.crop_size
 
     def init():
-        params = model.init(jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32))["params"]
+        params = model.init(jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32))[
+            "params"
+        ]
         tx = optim.make_optimizer(config.optim, params)
         return train_lib.create_train_state(model, tx, 0, (1, size, size, 3))
 

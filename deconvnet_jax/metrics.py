@@ -20,7 +20,9 @@ def confusion_matrix(pred, label, num_classes: int, ignore_label: int = IGNORE_L
     label = jnp.asarray(label).reshape(-1).astype(jnp.int32)
     valid = (label != ignore_label) & (label >= 0) & (label < num_classes)
     index = jnp.where(valid, label * num_classes + jnp.clip(pred, 0, num_classes - 1), 0)
-    counts = jnp.zeros((num_classes * num_classes,), jnp.int32).at[index].add(valid.astype(jnp.int32))
+    counts = (
+        jnp.zeros((num_classes * num_classes,), jnp.int32).at[index].add(valid.astype(jnp.int32))
+    )
     return counts.reshape(num_classes, num_classes)
 
 

@@ -65,7 +65,11 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
     """
     schedule = learning_rate_schedule(optim_config)
     bias_schedule = lambda count: optim_config.bias_lr_mult * schedule(count)  # noqa: E731
-    decay = optax.add_decayed_weights(optim_config.weight_decay) if optim_config.weight_decay else optax.identity()
+    decay = (
+        optax.add_decayed_weights(optim_config.weight_decay)
+        if optim_config.weight_decay
+        else optax.identity()
+    )
     groups = {
         # Decay enters the gradient before momentum, as in Caffe's SGD.
         "kernel": optax.chain(decay, _base(optim_config.name, schedule, optim_config)),

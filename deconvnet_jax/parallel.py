@@ -13,7 +13,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
 LARGE_KERNELS = ("fc6", "fc6_deconv")
@@ -27,8 +28,15 @@ def init_distributed(coordinator: str = "", num_processes: int = 0, process_id: 
     """
     if coordinator:
         jax.distributed.initialize(coordinator, num_processes, process_id)
-    elif any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
-                                       "TPU_WORKER_HOSTNAMES")):
+    elif any(
+        k in os.environ
+        for k in (
+            "JAX_COORDINATOR_ADDRESS",
+            "SLURM_NTASKS",
+            "OMPI_COMM_WORLD_SIZE",
+            "TPU_WORKER_HOSTNAMES",
+        )
+    ):
         jax.distributed.initialize()
 
 
@@ -45,7 +53,9 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
             raise ValueError(f"{n} devices do not divide by mesh axes {sizes}")
         sizes[sizes.index(-1)] = n // known
     if int(np.prod(sizes)) != n:
-        raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} needs {np.prod(sizes)} devices, have {n}")
+        raise ValueError(
+            f"mesh data={sizes[0]} x fsdp={sizes[1]} needs {np.prod(sizes)} devices, have {n}"
+        )
     return Mesh(np.asarray(devices).reshape(sizes), ("data", "fsdp"))
 
 

@@ -75,8 +75,12 @@ def _last(path: pathlib.Path, key: str):
     return value
 
 
-def run_sweep(config, overrides: Iterable[dict[str, Any]], workdir,
-              train_fn: Callable[[Any, str], dict] | None = None) -> list[dict[str, Any]]:
+def run_sweep(
+    config,
+    overrides: Iterable[dict[str, Any]],
+    workdir,
+    train_fn: Callable[[Any, str], dict] | None = None,
+) -> list[dict[str, Any]]:
     """Runs (or resumes, or skips when finished) every override and writes the comparison table.
 
     Args:
@@ -111,11 +115,18 @@ def run_sweep(config, overrides: Iterable[dict[str, Any]], workdir,
             except (FloatingPointError, ValueError, KeyError, FileNotFoundError) as e:
                 log.error("%s failed: %s", name, e)
                 final, status = {}, f"failed: {type(e).__name__}: {str(e)[:120]}"
-        rows.append({"name": name, "overrides": o, "status": status,
-                     "val_miou": final.get("miou"), "val_pixel_acc": final.get("pixel_acc"),
-                     "val_mean_class_acc": final.get("mean_class_acc"),
-                     "final_loss": _last(run_dir / "metrics.jsonl", "loss"),
-                     "steps": _last(run_dir / "metrics.jsonl", "step")})
+        rows.append(
+            {
+                "name": name,
+                "overrides": o,
+                "status": status,
+                "val_miou": final.get("miou"),
+                "val_pixel_acc": final.get("pixel_acc"),
+                "val_mean_class_acc": final.get("mean_class_acc"),
+                "final_loss": _last(run_dir / "metrics.jsonl", "loss"),
+                "steps": _last(run_dir / "metrics.jsonl", "step"),
+            }
+        )
         if status.startswith("preempted"):
             break
     write_table(rows, workdir)
@@ -126,25 +137,63 @@ def write_table(rows: list[dict[str, Any]], workdir) -> None:
     """``results.md`` (sorted by val mIoU) and ``results.csv`` in the sweep folder."""
     workdir = pathlib.Path(workdir)
     keys = sorted({k for r in rows for k in r["overrides"]})
-    fields = ["name", *keys, "status", "val_miou", "val_pixel_acc", "val_mean_class_acc",
-              "final_loss", "steps"]
-    flat = [{**{k: r["overrides"].get(k, "") for k in keys},
-             **{f: r[f] for f in fields if f in r}} for r in rows]
+    fields = [
+        "name",
+        *keys,
+        "status",
+        "val_miou",
+        "val_pixel_acc",
+        "val_mean_class_acc",
+        "final_loss",
+        "steps",
+    ]
+    flat = [
+        {**{k: r["overrides"].get(k, "") for k in keys}, **{f: r[f] for f in fields if f in r}}
+        for r in rows
+    ]
     with open(workdir / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(flat)
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
     num = lambda v: "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    ranked = sorted(flat, key=lambda r: -1 if r["val_miou"] is None else r["val_miou"], reverse=True)
-    lines = ["| " + " | ".join(["run", *keys, "status", "val mIoU %", "pixel acc %",
-                                 "mean acc %", "final loss", "steps"]) + " |",
-             "|" + "---|" * (len(keys) + 7)]
+    ranked = sorted(
+        flat, key=lambda r: -1 if r["val_miou"] is None else r["val_miou"], reverse=True
+    )
+    lines = [
+        "| "
+        + " | ".join(
+            [
+                "run",
+                *keys,
+                "status",
+                "val mIoU %",
+                "pixel acc %",
+                "mean acc %",
+                "final loss",
+                "steps",
+            ]
+        )
+        + " |",
+        "|" + "---|" * (len(keys) + 7),
+    ]
     for r in ranked:
-        lines.append("| " + " | ".join([r["name"], *(str(r[k]) for k in keys), r["status"],
-                                        pct(r["val_miou"]), pct(r["val_pixel_acc"]),
-                                        pct(r["val_mean_class_acc"]), num(r["final_loss"]),
-                                        num(r["steps"])]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["name"],
+                    *(str(r[k]) for k in keys),
+                    r["status"],
+                    pct(r["val_miou"]),
+                    pct(r["val_pixel_acc"]),
+                    pct(r["val_mean_class_acc"]),
+                    num(r["final_loss"]),
+                    num(r["steps"]),
+                ]
+            )
+            + " |"
+        )
     (workdir / "results.md").write_text("\n".join(lines) + "\n")
 
 

@@ -18,9 +18,12 @@ class FlatStateDict:
     """State dicts keyed by the original layer names (modules live in ``self.layers``)."""
 
     def state_dict_flat(self) -> dict[str, torch.Tensor]:
-        """State dict with the original layer names (no 'layers.' prefix, no num_batches_tracked)."""
-        return {k[len("layers."):]: v for k, v in self.state_dict().items()
-                if not k.endswith("num_batches_tracked")}
+        """State dict by original layer names (no 'layers.' prefix, no num_batches_tracked)."""
+        return {
+            k[len("layers.") :]: v
+            for k, v in self.state_dict().items()
+            if not k.endswith("num_batches_tracked")
+        }
 
     def load_flat(self, state: dict) -> None:
         """Loads a state dict keyed by original layer names (every key must match)."""
@@ -28,7 +31,9 @@ class FlatStateDict:
         missing, unexpected = self.load_state_dict(full, strict=False)
         missing = [m for m in missing if not m.endswith("num_batches_tracked")]
         if missing or unexpected:
-            raise KeyError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise KeyError(
+                f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
 
 
 class DeconvNetTorch(FlatStateDict, nn.Module):
@@ -41,8 +46,13 @@ class DeconvNetTorch(FlatStateDict, nn.Module):
       bn_eps: BatchNorm epsilon.
     """
 
-    def __init__(self, num_classes: int = 21, width_multiplier: float = 1.0, bn_momentum: float = 0.1,
-                 bn_eps: float = 1e-5):
+    def __init__(
+        self,
+        num_classes: int = 21,
+        width_multiplier: float = 1.0,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
+    ):
         super().__init__()
         self.layers = nn.ModuleDict()
         wm = width_multiplier

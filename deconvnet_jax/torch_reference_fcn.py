@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from deconvnet_jax.models.deconvnet import ENCODER, FC, scaled
-from deconvnet_jax.torch_reference import FlatStateDict
 from deconvnet_jax.models.fcn import (
     CROP_POOL3,
     CROP_POOL4,
@@ -22,6 +21,7 @@ from deconvnet_jax.models.fcn import (
     FCN_PAD,
     UPSAMPLERS,
 )
+from deconvnet_jax.torch_reference import FlatStateDict
 
 
 class FCN8sTorch(FlatStateDict, nn.Module):
@@ -34,8 +34,13 @@ class FCN8sTorch(FlatStateDict, nn.Module):
       bn_eps: BatchNorm epsilon.
     """
 
-    def __init__(self, num_classes: int = 21, width_multiplier: float = 1.0,
-                 bn_momentum: float = 0.1, bn_eps: float = 1e-5):
+    def __init__(
+        self,
+        num_classes: int = 21,
+        width_multiplier: float = 1.0,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
+    ):
         super().__init__()
         self.layers = nn.ModuleDict()
         wm = width_multiplier
@@ -61,8 +66,9 @@ class FCN8sTorch(FlatStateDict, nn.Module):
         self.layers["score_pool4"] = nn.Conv2d(widths[3], num_classes, 1)
         self.layers["score_pool3"] = nn.Conv2d(widths[2], num_classes, 1)
         for name, k, s in UPSAMPLERS:
-            self.layers[name] = nn.ConvTranspose2d(num_classes, num_classes, k, stride=s,
-                                                   bias=False)
+            self.layers[name] = nn.ConvTranspose2d(
+                num_classes, num_classes, k, stride=s, bias=False
+            )
         self.pool = nn.MaxPool2d(2, 2, ceil_mode=True)
 
     def _cbr(self, x: torch.Tensor, name: str) -> torch.Tensor:

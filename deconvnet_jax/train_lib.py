@@ -39,8 +39,9 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int 
     return jnp.where(valid, losses, 0.0).sum() / jnp.maximum(count, 1), count
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
-                       input_shape: tuple[int, ...]) -> TrainState:
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, seed: int, input_shape: tuple[int, ...]
+) -> TrainState:
     """Initial state (call under jax.jit with out_shardings so it is born sharded)."""
     rng = jax.random.PRNGKey(seed)
     init_rng, rng = jax.random.split(rng)
@@ -85,7 +86,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Calla
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             rng = jax.random.key_data(
-                jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
+                jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+            )
             return TrainState(state.step + 1, params, batch_stats, opt_state, rng)
 
         # A cond, not a where over the state: the update runs in place on the (donated) state

@@ -80,7 +80,9 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def evaluate(config, model, state, mesh, eval_step, split: str | None = None, max_images: int = 0) -> dict:
+def evaluate(
+    config, model, state, mesh, eval_step, split: str | None = None, max_images: int = 0
+) -> dict:
     """Whole-image validation mIoU of the current state over config.data.val_split."""
     bs = config.train.get("eval_batch_size", 8)
     per_proc = max(1, math.ceil(bs / jax.process_count()))
@@ -88,15 +90,19 @@ def evaluate(config, model, state, mesh, eval_step, split: str | None = None, ma
     per_proc = math.ceil(per_proc / devices_per_proc) * devices_per_proc
     conf = np.zeros((config.model.num_classes,) * 2, np.int64)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    for batch in data_loader.make_eval_loader(config.data, split or config.data.val_split, per_proc * jax.process_count(),
-                                              max_images=max_images):
+    for batch in data_loader.make_eval_loader(
+        config.data,
+        split or config.data.val_split,
+        per_proc * jax.process_count(),
+        max_images=max_images,
+    ):
         conf += np.asarray(jax.device_get(eval_step(variables, parallel.global_batch(batch, mesh))))
     names = CLASS_NAMES if config.model.num_classes == len(CLASS_NAMES) else None
     return compute_metrics(conf, names)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains config's model in `workdir` (resuming if it has checkpoints). Returns final val metrics."""
+    """Trains config's model in `workdir` (resuming from its checkpoints). Returns val metrics."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -107,18 +113,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
     model = build_model(config.model)
     crop, batch_size = config.data.crop_size, config.train.batch_size
     if batch_size % mesh.size:
-        raise ValueError(f"config.train.batch_size={batch_size} must divide over {mesh.size} devices")
+        raise ValueError(
+            f"config.train.batch_size={batch_size} must divide over {mesh.size} devices"
+        )
     input_shape = (1, crop, crop, 3)
-    param_shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape), train=False))["params"]
+    param_shapes = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape), train=False)
+    )["params"]
     tx = optim.make_optimizer(config.optim, param_shapes)
-    init_fn = functools.partial(train_lib.create_train_state, model, tx, config.train.seed, input_shape)
+    init_fn = functools.partial(
+        train_lib.create_train_state, model, tx, config.train.seed, input_shape
+    )
     shapes = jax.eval_shape(init_fn)
     shardings = parallel.state_shardings(shapes, mesh, config.mesh.shard_all)
     abstract = checkpoint.abstract_state(shapes, shardings)
 
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
     t0 = time.perf_counter()
-    state, data_state, how = checkpoint.restore_or_init(config, ckpt, abstract, jax.jit(init_fn, out_shardings=shardings))
+    state, data_state, how = checkpoint.restore_or_init(
+        config, ckpt, abstract, jax.jit(init_fn, out_shardings=shardings)
+    )
     jax.block_until_ready(state)
     log.info("%s (%.1fs)", how, time.perf_counter() - t0)
 
@@ -134,9 +148,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         donate_argnums=(0,),
     )
     var_sh = {"params": shardings.params, "batch_stats": shardings.batch_stats}
-    eval_step = jax.jit(train_lib.make_eval_step(model, config.model.num_classes),
-                        in_shardings=(var_sh, {"image": batch_sh, "label": batch_sh}),
-                        out_shardings=parallel.replicated(mesh))
+    eval_step = jax.jit(
+        train_lib.make_eval_step(model, config.model.num_classes),
+        in_shardings=(var_sh, {"image": batch_sh, "label": batch_sh}),
+        out_shardings=parallel.replicated(mesh),
+    )
     writer = MetricWriter(workdir)
     preempt = _Preemption()
 
@@ -156,8 +172,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     step = int(jax.device_get(state.step))
     num_steps = config.train.num_steps
     accum = max(1, config.optim.accum_steps)
-    bar = tqdm(total=num_steps, initial=step, desc="train", disable=jax.process_index() != 0,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=num_steps,
+        initial=step,
+        desc="train",
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+    )
     window_t, window_n = time.perf_counter(), 0
     try:
         batch, after_batch = fetch() if step < num_steps else (None, None)
@@ -170,8 +191,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if not bool(metrics["finite"]):
                 ckpt.wait()
                 raise FloatingPointError(
-                    f"loss became {float(metrics['loss'])} at step {step + 1}: training stopped; the last "
-                    f"good checkpoint (step {max(ckpt.steps(), default='none')}) in {ckpt.directory} is "
+                    f"loss became {float(metrics['loss'])} at step {step + 1}: training stopped; "
+                    f"the last good checkpoint (step {max(ckpt.steps(), default='none')}) in "
+                    f"{ckpt.directory} is "
                     "untouched. Lower config.optim.lr or set config.optim.clip_norm."
                 )
             step += 1
@@ -181,13 +203,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 rate = window_n / (time.perf_counter() - window_t)
                 lr = float(optim.current_lr(config.optim, step // accum))
                 bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", img_s=f"{rate:.1f}")
-                writer.write(step, {"loss": float(metrics["loss"]), "pixel_acc": float(metrics["pixel_acc"]),
-                                    "lr": lr, "images_per_s": rate})
+                writer.write(
+                    step,
+                    {
+                        "loss": float(metrics["loss"]),
+                        "pixel_acc": float(metrics["pixel_acc"]),
+                        "lr": lr,
+                        "images_per_s": rate,
+                    },
+                )
                 window_t, window_n = time.perf_counter(), 0
             val = None
             if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
-                val = evaluate(config, model, state, mesh, eval_step,
-                                          max_images=config.train.get("eval_max_images", 0))
+                val = evaluate(
+                    config,
+                    model,
+                    state,
+                    mesh,
+                    eval_step,
+                    max_images=config.train.get("eval_max_images", 0),
+                )
                 writer.write(step, {"val_miou": val["miou"], "val_pixel_acc": val["pixel_acc"]})
                 tqdm.write(f"step {step}: val mIoU {100 * val['miou']:.2f}")
             if preempt.requested:
@@ -206,10 +241,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if num_bn:
         batches = (parallel.global_batch(next(train_iter), mesh) for _ in range(num_bn))
         stats = bn_stats.recompute_batch_stats(
-            model, {"params": state.params, "batch_stats": state.batch_stats}, batches, num_bn,
-            progress=jax.process_index() == 0)
+            model,
+            {"params": state.params, "batch_stats": state.batch_stats},
+            batches,
+            num_bn,
+            progress=jax.process_index() == 0,
+        )
         state = state.replace(batch_stats=jax.device_put(stats, shardings.batch_stats))
-    final = evaluate(config, model, state, mesh, eval_step, max_images=config.train.get("eval_max_images", 0))
+    final = evaluate(
+        config, model, state, mesh, eval_step, max_images=config.train.get("eval_max_images", 0)
+    )
     writer.write(step, {"val_miou": final["miou"], "val_pixel_acc": final["pixel_acc"]})
     if not ckpt.steps() or ckpt.steps()[-1] != step:
         save(step, {"miou": final["miou"]})

@@ -49,7 +49,9 @@ def colorize(label: np.ndarray) -> np.ndarray:
     return voc_palette()[np.asarray(label, np.uint8)]
 
 
-def side_by_side(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+def side_by_side(
+    image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, alpha: float = 0.5
+) -> np.ndarray:
     """image | truth | prediction (the label maps blended over the image), RGB uint8."""
     panels = [image]
     for lab in ([truth] if truth is not None else []) + [pred]:

@@ -39,8 +39,9 @@ def main() -> None:
         state, metrics = step(state, parallel.global_batch(local, mesh))
         losses.append(float(metrics["loss"]))
     leaves = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path({"params": state.params,
-                                                           "batch_stats": state.batch_stats}):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(
+        {"params": state.params, "batch_stats": state.batch_stats}
+    ):
         leaves[jax.tree_util.keystr(path)] = np.asarray(leaf.addressable_shards[0].data)
     np.savez(out, losses=np.asarray(losses), local_batch=per_process, **leaves)
     jax.distributed.shutdown()

@@ -73,8 +73,9 @@ def test_crf_fixes_noisy_labels_along_an_edge():
     smooth_only = _accuracy(crf.dense_crf(image, probs, bilateral_weight=0), truth)
     assert smooth_only < 0.95 and after > smooth_only  # measured: 0.930
     # Mirroring the inputs mirrors the output: the layout [H, W] is kept.
-    mirrored = crf.dense_crf(np.ascontiguousarray(image[:, ::-1]),
-                             np.ascontiguousarray(probs[:, ::-1]))
+    mirrored = crf.dense_crf(
+        np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(probs[:, ::-1])
+    )
     assert _accuracy(mirrored[:, ::-1], truth) >= 0.999
 
 

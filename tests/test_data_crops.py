@@ -32,10 +32,12 @@ def ref_window(image, label, window, pad):
 
 def ref_bilinear(a, size):
     """Bilinear resize with pixel centres aligned ((d + 0.5) * n / S - 0.5), edges clamped."""
+
     def taps(n):
         c = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
         i0 = np.floor(c).astype(int)
         return i0, np.minimum(i0 + 1, n - 1), c - i0
+
     y0, y1, fy = taps(a.shape[0])
     x0, x1, fx = taps(a.shape[1])
     a = a.astype(np.float64)
@@ -50,12 +52,17 @@ def ref_nearest(a, size):
     integers. Where a centre lands exactly on a pixel border (a tie, which OpenCV's fixed-point
     arithmetic may send either way) both neighbours are allowed: returns the 4 candidate maps
     (row tie low / high x column tie low / high); the first is the no-tie-low answer."""
+
     def idx(n, tie_low):
         d = np.arange(size)
         num, den = (2 * d + 1) * n, 2 * size
         return np.maximum(-(-num // den) - 1, 0) if tie_low else num // den
-    return [a[idx(a.shape[0], ry)][:, idx(a.shape[1], cx)]
-            for ry in (False, True) for cx in (False, True)]
+
+    return [
+        a[idx(a.shape[0], ry)][:, idx(a.shape[1], cx)]
+        for ry in (False, True)
+        for cx in (False, True)
+    ]
 
 
 def assert_nearest(lab, candidates):
@@ -68,8 +75,9 @@ def example():
     image = rng.integers(0, 256, (48, 64, 3)).astype(np.uint8)
     label = rng.integers(0, 21, (48, 64)).astype(np.uint8)
     boxes = np.array([[10, 8, 30, 40], [40, 2, 63, 20]], np.float32)
-    return dict(id="ex", image=image, label=label, boxes=boxes,
-                box_labels=np.array([3, 5], np.int32))
+    return dict(
+        id="ex", image=image, label=label, boxes=boxes, box_labels=np.array([3, 5], np.int32)
+    )
 
 
 # --- windows, padding, resize ---------------------------------------------------------------
@@ -160,8 +168,9 @@ def _ref_sample_stage1(ex, seed, resize, crop, pad, enlarge=1.2):
 def test_stage1_sample_crop_matches_reference(example):
     pad = crops.mean_pixel()
     for seed in range(8):
-        img, lab = crops.sample_crop(example, "stage1", np.random.default_rng(seed), resize=60,
-                                     crop_size=48, pad_value=pad)
+        img, lab = crops.sample_crop(
+            example, "stage1", np.random.default_rng(seed), resize=60, crop_size=48, pad_value=pad
+        )
         ref_img, ref_labs = _ref_sample_stage1(example, seed, 60, 48, pad)
         np.testing.assert_allclose(img, ref_img, atol=1)
         assert_nearest(lab, ref_labs)
@@ -186,8 +195,9 @@ def test_whole_mode_and_boxless_examples(example):
     assert crops.choose_window(example, "whole", rng) == (0.0, 0.0, 64.0, 48.0)
     boxless = dict(example, boxes=np.zeros((0, 4), np.float32))
     assert crops.choose_window(boxless, "stage1", rng) == (0.0, 0.0, 64.0, 48.0)
-    img, lab = crops.sample_crop(example, "whole", np.random.default_rng(3), resize=50,
-                                 crop_size=50, flip=False)
+    img, lab = crops.sample_crop(
+        example, "whole", np.random.default_rng(3), resize=50, crop_size=50, flip=False
+    )
     np.testing.assert_allclose(img, ref_bilinear(example["image"], 50), atol=1)
     assert_nearest(lab, ref_nearest(example["label"], 50))
     with pytest.raises(ValueError, match="unknown crop mode 'stage3'"):
@@ -213,13 +223,22 @@ def test_box_iou_matches_loop():
 
 
 def test_stage2_windows_overlap_a_ground_truth_box():
-    ex = dict(id="p", image=np.zeros((100, 100, 3), np.uint8), label=np.zeros((100, 100), np.uint8),
-              boxes=np.array([[10, 10, 50, 50], [60, 60, 90, 90]], np.float32),
-              box_labels=np.array([1, 2], np.int32))
-    props = np.array([[12, 12, 52, 52],  # IoU 0.82 with box 0
-                      [0, 0, 20, 20],  # IoU 0.04: never
-                      [62, 58, 92, 88],  # IoU 0.78 with box 1
-                      [70, 0, 99, 30]], np.float32)  # no overlap: never
+    ex = dict(
+        id="p",
+        image=np.zeros((100, 100, 3), np.uint8),
+        label=np.zeros((100, 100), np.uint8),
+        boxes=np.array([[10, 10, 50, 50], [60, 60, 90, 90]], np.float32),
+        box_labels=np.array([1, 2], np.int32),
+    )
+    props = np.array(
+        [
+            [12, 12, 52, 52],  # IoU 0.82 with box 0
+            [0, 0, 20, 20],  # IoU 0.04: never
+            [62, 58, 92, 88],  # IoU 0.78 with box 1
+            [70, 0, 99, 30],
+        ],
+        np.float32,
+    )  # no overlap: never
     chosen = set()
     for seed in range(40):
         for source in ({"p": props}, lambda e: props):
@@ -257,12 +276,16 @@ def test_load_proposals(tmp_path):
 
 def test_normalize_values():
     px = np.array([[[10, 20, 30]]], np.uint8)  # R, G, B
-    np.testing.assert_allclose(crops.normalize(px, "caffe_bgr")[0, 0],
-                               [30 - 104.008, 20 - 116.669, 10 - 122.675], rtol=1e-6)
+    np.testing.assert_allclose(
+        crops.normalize(px, "caffe_bgr")[0, 0],
+        [30 - 104.008, 20 - 116.669, 10 - 122.675],
+        rtol=1e-6,
+    )
     np.testing.assert_allclose(
         crops.normalize(px, "imagenet")[0, 0],
         [(10 / 255 - 0.485) / 0.229, (20 / 255 - 0.456) / 0.224, (30 / 255 - 0.406) / 0.225],
-        rtol=1e-5)
+        rtol=1e-5,
+    )
     for mode in ("caffe_bgr", "imagenet"):
         out = crops.normalize(crops.mean_pixel(mode)[None, None], mode)
         assert out.dtype == np.float32

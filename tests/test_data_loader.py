@@ -23,8 +23,9 @@ def data_config(root, **overrides):
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    return make_voc_tree(tmp_path_factory.mktemp("voc") / "VOC2012", num_train=8, num_val=3,
-                         size=64)
+    return make_voc_tree(
+        tmp_path_factory.mktemp("voc") / "VOC2012", num_train=8, num_val=3, size=64
+    )
 
 
 def take(it, n):
@@ -176,8 +177,7 @@ def test_eval_loader_pads_and_shards(tree):
     ds = VOCDataset(tree, "val")
     per_process = []
     for index in range(2):
-        batches = list(loader.make_eval_loader(cfg, "val", 1, process_index=index,
-                                               process_count=2))
+        batches = list(loader.make_eval_loader(cfg, "val", 1, process_index=index, process_count=2))
         per_process.append(batches)
         for b in batches:
             assert b["image"].shape == (1, 80, 80, 3) and b["label"].shape == (1, 80, 80)
@@ -194,6 +194,7 @@ def test_eval_loader_pads_and_shards(tree):
     assert sorted(ids) == sorted(ds.ids)
     with pytest.raises(DataError, match="larger than config.data.eval_size=48"):
         list(loader.make_eval_loader(data_config(tree, eval_size=48), "val", 2, 0, 1))
-    small = list(loader.make_eval_loader(data_config(tree, eval_size=48, strict=False), "val", 3,
-                                         0, 1))
+    small = list(
+        loader.make_eval_loader(data_config(tree, eval_size=48, strict=False), "val", 3, 0, 1)
+    )
     assert small[0]["label"].shape == (3, 48, 48) and small[0]["id"] == ds.ids

@@ -114,8 +114,15 @@ def test_command_line(tmp_path, capsys):
     root = make_voc_tree(tmp_path / "manual" / "VOC2012", num_train=3, num_val=1, size=64)
     ids = (root / "ImageSets/Segmentation/train.txt").read_text().split()
     break_file(root / "SegmentationClass" / f"{ids[0]}.png", "garbage")
-    tfds_voc.main(["--data_dir", str(tmp_path / "tfds"), "--manual_dir", str(tmp_path / "manual"),
-                   "--lenient"])
+    tfds_voc.main(
+        [
+            "--data_dir",
+            str(tmp_path / "tfds"),
+            "--manual_dir",
+            str(tmp_path / "manual"),
+            "--lenient",
+        ]
+    )
     out = capsys.readouterr().out
     assert "train: 2 examples" in out and "val: 1 examples" in out
     assert f"1 bad examples skipped, e.g. {root}/SegmentationClass/{ids[0]}.png: corrupt" in out
@@ -183,7 +190,11 @@ def test_train_loader_reads_the_same_crops_from_tfds(tmp_path):
     tfds_voc.prepare(tmp_path / "tfds", manual_dir=tmp_path / "manual")
     cfg = get_config().data
     cfg.voc_root, cfg.train_split, cfg.resize, cfg.crop_size = (
-        str(tmp_path / "manual" / "VOC2012"), "train", 40, 32)
+        str(tmp_path / "manual" / "VOC2012"),
+        "train",
+        40,
+        32,
+    )
     from_folder = loader.make_train_loader(cfg, 4, 0, 0, 1)
     folder = [next(from_folder) for _ in range(3)]
     cfg.tfds_dir = str(tmp_path / "tfds")  # config.data.tfds_dir selects the prepared TFDS

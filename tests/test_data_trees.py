@@ -18,8 +18,9 @@ from deconvnet_jax.data import synthetic
 from deconvnet_jax.data.voc import voc_palette
 
 
-def make_voc_tree(root: pathlib.Path, num_train: int = 6, num_val: int = 2, size: int = 96,
-                  seed: int = 0) -> pathlib.Path:
+def make_voc_tree(
+    root: pathlib.Path, num_train: int = 6, num_val: int = 2, size: int = 96, seed: int = 0
+) -> pathlib.Path:
     """A generated VOC-layout tree (ids synth_00000 ...; XML boxes for every image)."""
     synthetic.write_dataset(root, num_train, num_val, size, seed)
     return root
@@ -46,7 +47,8 @@ def make_grey_tree(root: pathlib.Path, n: int, size: int = 24) -> pathlib.Path:
     ids = [f"g{k:03d}" for k in range(n)]
     for k, i in enumerate(ids):
         Image.fromarray(np.full((size, size, 3), 10 * k + 5, np.uint8)).save(
-            root / "JPEGImages" / f"{i}.jpg", quality=95)
+            root / "JPEGImages" / f"{i}.jpg", quality=95
+        )
         save_mask(root / "SegmentationClass" / f"{i}.png", np.full((size, size), 1 + k % 20))
     write_split(root, "train", ids)
     write_split(root, "val", ids)

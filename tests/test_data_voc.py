@@ -72,8 +72,10 @@ def _xml_reference(text: str):
     for obj in re.findall(r"<object>(.*?)</object>", text, re.DOTALL):
         name = re.search(r"<name>\s*(\w+)\s*</name>", obj).group(1)
         bb = re.search(r"<bndbox>(.*?)</bndbox>", obj, re.DOTALL).group(1)
-        v = {k: float(re.search(rf"<{k}>\s*([\d.]+)\s*</{k}>", bb).group(1))
-             for k in ("xmin", "ymin", "xmax", "ymax")}
+        v = {
+            k: float(re.search(rf"<{k}>\s*([\d.]+)\s*</{k}>", bb).group(1))
+            for k in ("xmin", "ymin", "xmax", "ymax")
+        }
         out.append((name, v["xmin"] - 1, v["ymin"] - 1, v["xmax"], v["ymax"]))
     return out
 
@@ -223,15 +225,28 @@ def _break(root, ids, case):
         xml.write_text("<annotation><object><name>unicorn</name></object></annotation>")
         return xml, "unknown object class 'unicorn'"
     if case == "inverted_box":
-        xml.write_text("<annotation><object><name>dog</name><bndbox><xmin>50</xmin><ymin>5"
-                       "</ymin><xmax>10</xmax><ymax>20</ymax></bndbox></object></annotation>")
+        xml.write_text(
+            "<annotation><object><name>dog</name><bndbox><xmin>50</xmin><ymin>5"
+            "</ymin><xmax>10</xmax><ymax>20</ymax></bndbox></object></annotation>"
+        )
         return xml, "inverted bndbox"
     raise ValueError(case)
 
 
-BAD_CASES = ["truncated_jpeg", "corrupt_jpeg", "truncated_png", "corrupt_png", "mask_size",
-             "label_21", "rgb_mask", "missing_file", "empty_xml", "bad_xml", "unknown_class",
-             "inverted_box"]
+BAD_CASES = [
+    "truncated_jpeg",
+    "corrupt_jpeg",
+    "truncated_png",
+    "corrupt_png",
+    "mask_size",
+    "label_21",
+    "rgb_mask",
+    "missing_file",
+    "empty_xml",
+    "bad_xml",
+    "unknown_class",
+    "inverted_box",
+]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -239,8 +254,11 @@ def test_bad_input_strict_and_lenient(tmp_path, case):
     root = make_voc_tree(tmp_path / "VOC2012", num_train=4, num_val=1, size=64)
     ids = (root / "ImageSets/Segmentation/train.txt").read_text().split()
     path, problem = _break(root, ids, case)
-    with pytest.raises(DataError, match=rf"{re.escape(str(path))}.*{problem}|"
-                                        rf"{problem}.*{re.escape(str(path))}"):
+    with pytest.raises(
+        DataError,
+        match=rf"{re.escape(str(path))}.*{problem}|"
+        rf"{problem}.*{re.escape(str(path))}",
+    ):
         list(VOCDataset(root, "train"))
     lenient = VOCDataset(root, "train", strict=False)
     good = list(lenient)
@@ -263,8 +281,10 @@ def test_xml_box_outside_the_image_is_an_error(tmp_path):
     root = make_voc_tree(tmp_path / "VOC2012", num_train=2, num_val=1, size=64)
     ids = (root / "ImageSets/Segmentation/train.txt").read_text().split()
     xml = root / "Annotations" / f"{ids[0]}.xml"
-    xml.write_text("<annotation><object><name>dog</name><bndbox><xmin>100</xmin><ymin>5</ymin>"
-                   "<xmax>120</xmax><ymax>20</ymax></bndbox></object></annotation>")
+    xml.write_text(
+        "<annotation><object><name>dog</name><bndbox><xmin>100</xmin><ymin>5</ymin>"
+        "<xmax>120</xmax><ymax>20</ymax></bndbox></object></annotation>"
+    )
     with pytest.raises(DataError, match="lies outside the 64x64 image"):
         VOCDataset(root, "train").load(ids[0])
 
@@ -272,8 +292,9 @@ def test_xml_box_outside_the_image_is_an_error(tmp_path):
 def test_grey_and_cmyk_jpegs_read_as_rgb(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3)).astype(np.uint8)
     Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
-    np.testing.assert_array_equal(voc.read_image(tmp_path / "grey.png"),
-                                  np.repeat(rgb[..., :1], 3, axis=2))
+    np.testing.assert_array_equal(
+        voc.read_image(tmp_path / "grey.png"), np.repeat(rgb[..., :1], 3, axis=2)
+    )
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
     out = voc.read_image(tmp_path / "cmyk.jpg")
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8

@@ -34,8 +34,9 @@ FCN_LAYERS = [
 
 
 def table_param_count() -> int:
-    return sum(k * k * cin * cout + bias * cout + bn * 2 * cout
-               for _, k, cin, cout, bias, bn in FCN_LAYERS)
+    return sum(
+        k * k * cin * cout + bias * cout + bn * 2 * cout for _, k, cin, cout, bias, bn in FCN_LAYERS
+    )
 
 
 def _shapes(model, hw=(224, 224), batch=1):
@@ -87,8 +88,12 @@ def test_encoder_and_fc_share_deconvnet_paths_and_shapes():
     for coll in ("params", "batch_stats"):
         flat_ours = jax.tree_util.tree_flatten_with_path(ours[coll])[0]
         theirs_flat = dict(jax.tree_util.tree_flatten_with_path(theirs[coll])[0])
-        shared = [(p, v) for p, v in flat_ours if jax.tree_util.keystr(p[:1]).strip("[]'")
-                  in ("block1", "block2", "block3", "block4", "block5", "fc")]
+        shared = [
+            (p, v)
+            for p, v in flat_ours
+            if jax.tree_util.keystr(p[:1]).strip("[]'")
+            in ("block1", "block2", "block3", "block4", "block5", "fc")
+        ]
         assert len(shared) == (26 + 2 * 13 + 4 + 4 if coll == "params" else 2 * 15)
         for path, leaf in shared:
             assert theirs_flat[path].shape == leaf.shape, jax.tree_util.keystr(path)
@@ -128,9 +133,11 @@ def test_crop_offsets_are_caffes_coordinate_map():
     up4 = up2 + [("deconv", 4, 2, 0)]
     up8 = up4 + [("deconv", 16, 8, 0)]
     # (cropped map, reference map, offset): cropped row z + offset sits where reference row z does
-    for cropped, reference, offset in ((to_pool4 + [conv(1)], up2, fcn.CROP_POOL4),
-                                       (to_pool3 + [conv(1)], up4, fcn.CROP_POOL3),
-                                       (up8, [], fcn.CROP_SCORE)):
+    for cropped, reference, offset in (
+        (to_pool4 + [conv(1)], up2, fcn.CROP_POOL4),
+        (to_pool3 + [conv(1)], up4, fcn.CROP_POOL3),
+        (up8, [], fcn.CROP_SCORE),
+    ):
         (a_c, b_c), (a_r, b_r) = _coord(cropped), _coord(reference)
         assert a_c == a_r  # same stride: the crop is a pure shift
         assert (b_r - b_c) / a_c == offset
@@ -151,8 +158,11 @@ def test_upsampling_starts_bilinear():
         cols = slice(k - s, 4 * s + 1)
         expect = (z - (k - 1) / 2) / s
         for c in range(3):
-            np.testing.assert_allclose(y[0, z, cols, c], np.broadcast_to(expect[:, None] + 10 * c,
-                                       y[0, z, cols, c].shape), atol=1e-5)
+            np.testing.assert_allclose(
+                y[0, z, cols, c],
+                np.broadcast_to(expect[:, None] + 10 * c, y[0, z, cols, c].shape),
+                atol=1e-5,
+            )
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
@@ -168,8 +178,9 @@ def test_parity_with_pytorch_reference_tiny_width(mode):
         out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     else:
         ref.train()
-        out, updates = jax.jit(
-            lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+        out, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+            variables, x
+        )
     with torch.no_grad():
         expected = ref(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
     expected = expected.permute(0, 2, 3, 1).numpy()
@@ -224,10 +235,12 @@ def test_vgg16_import_fills_the_fcn_encoder():
     imported = tw.vgg16_to_flax(sd, variables, bn=False)
     got = imported["params"]["block2"]["conv2_1"]["kernel"]  # [3, 3, in, out]
     np.testing.assert_array_equal(got, sd["features.5.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(imported["params"]["fc"]["fc7"]["kernel"][0, 0],
-                                  sd["classifier.3.weight"].T)
-    np.testing.assert_array_equal(imported["params"]["upscore8"]["kernel"],
-                                  variables["params"]["upscore8"]["kernel"])  # head untouched
+    np.testing.assert_array_equal(
+        imported["params"]["fc"]["fc7"]["kernel"][0, 0], sd["classifier.3.weight"].T
+    )
+    np.testing.assert_array_equal(
+        imported["params"]["upscore8"]["kernel"], variables["params"]["upscore8"]["kernel"]
+    )  # head untouched
 
 
 def test_build_model_hook_and_config():
@@ -256,9 +269,13 @@ def test_remat_gives_the_same_gradients():
         variables = _random_variables(model, (40, 48))
 
         def loss(params, model=model, variables=variables):
-            out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                                 train=True, mutable=["batch_stats"])
-            return jnp.sum(out ** 2)
+            out, _ = model.apply(
+                {"params": params, "batch_stats": variables["batch_stats"]},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            return jnp.sum(out**2)
 
         grads.append(jax.device_get(jax.jit(jax.grad(loss))(variables["params"])))
     # Tolerance relative to the largest gradient: the conv biases that feed a BN have zero
@@ -266,4 +283,5 @@ def test_remat_gives_the_same_gradients():
     scale = max(np.abs(g).max() for g in jax.tree_util.tree_leaves(grads[0]))
     assert scale > 0
     jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale), *grads)
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale), *grads
+    )

@@ -62,7 +62,9 @@ def _compare_modes(model, variables, ref, x, xt, modes, tol):
             out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
         else:
             ref.train()
-            out, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+            out, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+                variables, x
+            )
         with torch.no_grad():
             expected = ref(xt).permute(0, 2, 3, 1).numpy()
         assert out.dtype == x.dtype
@@ -120,8 +122,10 @@ def test_missing_and_misshaped_keys_are_named(tmp_path):
     with pytest.raises(ValueError, match="conv2_1_bn.running_var"):
         tw.torch_state_dict_to_flax(broken, variables)
     # A real .pth through torch.save / torch.load(weights_only=True)
-    torch.save({"state_dict": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}},
-               tmp_path / "w.pth")
+    torch.save(
+        {"state_dict": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}},
+        tmp_path / "w.pth",
+    )
     loaded = tw.load_torch_checkpoint(tmp_path / "w.pth")
     back = tw.torch_state_dict_to_flax(loaded, variables)
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, variables)
@@ -147,9 +151,15 @@ def _torchvision_vgg16(bn: bool):
         def __init__(self):
             super().__init__()
             self.features = nn.Sequential(*layers)
-            self.classifier = nn.Sequential(nn.Linear(25088, 4096), nn.ReLU(True), nn.Dropout(),
-                                            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(),
-                                            nn.Linear(4096, 1000))
+            self.classifier = nn.Sequential(
+                nn.Linear(25088, 4096),
+                nn.ReLU(True),
+                nn.Dropout(),
+                nn.Linear(4096, 4096),
+                nn.ReLU(True),
+                nn.Dropout(),
+                nn.Linear(4096, 1000),
+            )
 
     vgg = VGG().eval()
     if bn:
@@ -166,7 +176,9 @@ def _torchvision_vgg16(bn: bool):
 @pytest.fixture(scope="module")
 def full_model():
     model = DeconvNet()
-    return model, jax.device_get(jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))())
+    return model, jax.device_get(
+        jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))()
+    )
 
 
 @pytest.mark.slow
@@ -174,16 +186,28 @@ def full_model():
 def test_vgg16_import_reproduces_feature_maps(full_model, bn):
     model, variables = full_model
     vgg = _torchvision_vgg16(bn)
-    if not bn:  # plain VGG: make the Flax BN layers exact identities (scale 1, shift 0, var 1 - eps)
+    if (
+        not bn
+    ):  # plain VGG: make the Flax BN layers exact identities (scale 1, shift 0, var 1 - eps)
         eps = model.bn_epsilon
         variables = jax.tree_util.tree_map_with_path(
-            lambda p, x: (np.ones_like(x) if "scale" in jax.tree_util.keystr(p)
-                          else np.full_like(x, 1 - eps) if "var" in jax.tree_util.keystr(p)
-                          else np.zeros_like(x) if "_bn" in jax.tree_util.keystr(p) else x), variables)
+            lambda p, x: (
+                np.ones_like(x)
+                if "scale" in jax.tree_util.keystr(p)
+                else np.full_like(x, 1 - eps)
+                if "var" in jax.tree_util.keystr(p)
+                else np.zeros_like(x)
+                if "_bn" in jax.tree_util.keystr(p)
+                else x
+            ),
+            variables,
+        )
     sd = {k: v for k, v in vgg.state_dict().items() if not k.endswith("num_batches_tracked")}
     imported = tw.vgg16_to_flax(sd, variables)
     x = np.random.default_rng(2).standard_normal((1, 224, 224, 3)).astype(np.float32)
-    _, inter = jax.jit(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True))(imported, x)
+    _, inter = jax.jit(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True))(
+        imported, x
+    )
     pool5 = np.asarray(inter["intermediates"]["block5"]["__call__"][0][0])
     fc7 = np.asarray(inter["intermediates"]["fc"]["fc7"]["__call__"][0])
     with torch.no_grad():
@@ -194,7 +218,9 @@ def test_vgg16_import_reproduces_feature_maps(full_model, bn):
     if not bn:  # fc6 -> BN(identity) -> ReLU -> fc7 matches VGG's classifier exactly
         assert _rel_err(fc7[:, 0, 0, :], ref_fc7.numpy()) < 1e-4
     # the decoder is untouched
-    np.testing.assert_array_equal(imported["params"]["seg_score"]["kernel"], variables["params"]["seg_score"]["kernel"])
+    np.testing.assert_array_equal(
+        imported["params"]["seg_score"]["kernel"], variables["params"]["seg_score"]["kernel"]
+    )
 
 
 def test_vgg_import_missing_key_is_named(full_model):

@@ -134,7 +134,9 @@ def test_remat_and_unpool_impls_give_identical_gradients(tiny):
         loss, g = grads(model)
         assert np.isclose(float(loss), float(base_loss), rtol=1e-6)
         jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
+            lambda a, b: np.testing.assert_allclose(
+                np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6
+            ),
             g,
             base,
         )

@@ -134,7 +134,11 @@ def test_unpool_vmap_equals_loop(impl):
     vm = jax.vmap(lambda p, s: max_unpool(p, s, (8, 8), impl=impl))(pooled, switches)
     loop = jnp.stack([max_unpool(pooled[i], switches[i], (8, 8), impl=impl) for i in range(3)])
     np.testing.assert_array_equal(np.asarray(vm), np.asarray(loop))
-    gv = jax.grad(lambda p: jnp.sum(jax.vmap(lambda a, s: max_unpool(a, s, (8, 8), impl=impl))(p, switches) ** 2))(pooled)
+    gv = jax.grad(
+        lambda p: jnp.sum(
+            jax.vmap(lambda a, s: max_unpool(a, s, (8, 8), impl=impl))(p, switches) ** 2
+        )
+    )(pooled)
     np.testing.assert_allclose(np.asarray(gv), 2 * np.asarray(pooled), rtol=1e-6)
 
 

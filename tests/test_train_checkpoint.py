@@ -39,10 +39,18 @@ def _config(cache):
 
 def _overrides(cache, **kw):
     args = {
-        "model.width_multiplier": 1 / 32, "data.cache_dir": cache, "data.synthetic.num_train": 16,
-        "data.synthetic.num_val": 4, "data.synthetic.image_size": 224, "data.eval_size": 224,
-        "train.batch_size": 2, "train.eval_every": 0, "train.eval_max_images": 2,
-        "train.log_every": 1, "train.eval_batch_size": 2, "train.checkpoint_every": 2,
+        "model.width_multiplier": 1 / 32,
+        "data.cache_dir": cache,
+        "data.synthetic.num_train": 16,
+        "data.synthetic.num_val": 4,
+        "data.synthetic.image_size": 224,
+        "data.eval_size": 224,
+        "train.batch_size": 2,
+        "train.eval_every": 0,
+        "train.eval_max_images": 2,
+        "train.log_every": 1,
+        "train.eval_batch_size": 2,
+        "train.checkpoint_every": 2,
     }
     args.update(kw)
     return [f"--config.{k}={v}" for k, v in args.items()]
@@ -57,8 +65,9 @@ def _env():
 
 def _train(workdir, cache, **kw):
     cmd = [sys.executable, str(REPO / "train.py"), f"--workdir={workdir}", *_overrides(cache, **kw)]
-    return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _finish(proc, timeout=300):
@@ -92,7 +101,11 @@ def test_interrupted_run_equals_uninterrupted_bitwise(uninterrupted, cache, tmp_
     out = _finish(_train(tmp_path, cache, **{"train.num_steps": 6}))
     assert "resumed from" in out
     _assert_bitwise(_params(tmp_path, cache), _params(uninterrupted, cache))
-    losses = lambda w: [r["loss"] for r in map(json.loads, (w / "metrics.jsonl").read_text().split("\n")[:-1]) if "loss" in r]  # noqa: E731
+
+    def losses(w):
+        rows = map(json.loads, (w / "metrics.jsonl").read_text().split("\n")[:-1])
+        return [r["loss"] for r in rows if "loss" in r]
+
     assert losses(tmp_path) == losses(uninterrupted)  # same data order, same numbers
 
 
@@ -159,8 +172,10 @@ def test_round_trip_every_leaf(tmp_path):
     model, tx, state, shardings = _tiny_state(mesh)
     step = jax.jit(train_lib.make_train_step(model, tx))
     rng = np.random.default_rng(0)
-    batch = {"image": rng.standard_normal((8, 224, 224, 3)).astype(np.float32),
-             "label": rng.integers(0, 21, (8, 224, 224)).astype(np.int32)}
+    batch = {
+        "image": rng.standard_normal((8, 224, 224, 3)).astype(np.float32),
+        "label": rng.integers(0, 21, (8, 224, 224)).astype(np.int32),
+    }
     state, _ = step(state, parallel.global_batch(batch, mesh))  # non-trivial momentum / stats
     ckpt = checkpoint.Checkpointer(tmp_path, async_save=True)
     ckpt.save(1, state, {"grain": {"next_index": 5}})
@@ -182,8 +197,10 @@ def test_nan_loss_keeps_state_and_reports():
     model, tx, state, _ = _tiny_state(mesh)
     before = jax.device_get(state)
     step = jax.jit(train_lib.make_train_step(model, tx))
-    batch = {"image": np.full((8, 224, 224, 3), np.nan, np.float32),
-             "label": np.zeros((8, 224, 224), np.int32)}
+    batch = {
+        "image": np.full((8, 224, 224, 3), np.nan, np.float32),
+        "label": np.zeros((8, 224, 224), np.int32),
+    }
     state, metrics = step(state, parallel.global_batch(batch, mesh))
     assert not bool(metrics["finite"])
     _assert_bitwise(jax.device_get(state), before)

@@ -10,7 +10,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from test_train_parallel import _run
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -27,9 +26,20 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     procs = [
-        subprocess.Popen([sys.executable, str(HERE / "multihost_worker.py"), str(i), "2", str(port),
-                          str(tmp_path / f"p{i}.npz")], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "multihost_worker.py"),
+                str(i),
+                "2",
+                str(port),
+                str(tmp_path / f"p{i}.npz"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(2)
     ]
     logs = []
@@ -45,9 +55,12 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path):
         assert p.returncode == 0, log[-3000:]
 
     ref_losses, ref_state = _run(8, 1)
-    ref = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in
-           jax.tree_util.tree_leaves_with_path({"params": ref_state.params,
-                                                "batch_stats": ref_state.batch_stats})}
+    ref = {
+        jax.tree_util.keystr(path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(
+            {"params": ref_state.params, "batch_stats": ref_state.batch_stats}
+        )
+    }
     for i in range(2):
         got = np.load(tmp_path / f"p{i}.npz")
         assert int(got["local_batch"]) == 4  # each process fed only its half of the batch of 8

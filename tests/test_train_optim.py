@@ -43,7 +43,9 @@ def test_first_update_decay_and_bias_lr():
     updates, _ = tx.update(grads, tx.init(params), params)
     u = jax.tree_util.tree_map(lambda a: float(a.ravel()[0]), updates)
     # kernels: -lr * (g + wd * w); biases: -2 lr * g (no decay); BN: -lr * g (no decay)
-    np.testing.assert_allclose(u["block1"]["conv1_1"]["kernel"], -0.01 * (0.5 + 5e-4 * 1.0), rtol=1e-6)
+    np.testing.assert_allclose(
+        u["block1"]["conv1_1"]["kernel"], -0.01 * (0.5 + 5e-4 * 1.0), rtol=1e-6
+    )
     np.testing.assert_allclose(u["block1"]["conv1_1"]["bias"], -0.02 * 0.5, rtol=1e-6)
     np.testing.assert_allclose(u["block1"]["conv1_1_bn"]["scale"], -0.01 * 0.5, rtol=1e-6)
     np.testing.assert_allclose(u["block1"]["conv1_1_bn"]["bias"], -0.01 * 0.5, rtol=1e-6)

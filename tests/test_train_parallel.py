@@ -30,9 +30,12 @@ def _setup(mesh_data, mesh_fsdp, shard_all=False, devices=None, width=WIDTH):
     shardings = parallel.state_shardings(jax.eval_shape(init), mesh, shard_all)
     state = jax.jit(init, out_shardings=shardings)()
     bs = parallel.batch_sharding(mesh)
-    step = jax.jit(train_lib.make_train_step(model, tx),
-                   in_shardings=(shardings, {"image": bs, "label": bs}),
-                   out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+    step = jax.jit(
+        train_lib.make_train_step(model, tx),
+        in_shardings=(shardings, {"image": bs, "label": bs}),
+        out_shardings=(shardings, parallel.replicated(mesh)),
+        donate_argnums=(0,),
+    )
     return mesh, state, step, shardings
 
 
@@ -42,7 +45,9 @@ def _batches(n=2, b=8):
     for _ in range(n):
         label = rng.integers(0, 21, (b, 224, 224)).astype(np.int32)
         label[:, :20] = 255
-        out.append({"image": rng.standard_normal((b, 224, 224, 3)).astype(np.float32), "label": label})
+        out.append(
+            {"image": rng.standard_normal((b, 224, 224, 3)).astype(np.float32), "label": label}
+        )
     return out
 
 
@@ -70,13 +75,16 @@ def test_same_steps_on_1_8_and_4x2_devices():
         losses, state = _run(data, fsdp)
         np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
         jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), state.params, ref.params
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+            state.params,
+            ref.params,
         )
         # BN running statistics are global: equal to the single-device ones (variances carry
         # float32 reduction-order noise of ~2e-5 relative; per-device statistics over 1 image
         # instead of 8 would differ by orders of magnitude more).
         jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), state.batch_stats,
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+            state.batch_stats,
             ref.batch_stats,
         )
 

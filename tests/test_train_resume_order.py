@@ -35,11 +35,13 @@ def _setup(name="deconvnet"):
 
 def _shifted(state, delta, step):
     """A state whose params, momentum and step differ recognisably from `state`'s."""
-    return state.replace(step=jnp.asarray(step, jnp.int32),
-                         params=jax.tree_util.tree_map(lambda p: p + delta, state.params),
-                         opt_state=jax.tree_util.tree_map(
-                             lambda o: o + delta if jnp.issubdtype(o.dtype, jnp.floating) else o,
-                             state.opt_state))
+    return state.replace(
+        step=jnp.asarray(step, jnp.int32),
+        params=jax.tree_util.tree_map(lambda p: p + delta, state.params),
+        opt_state=jax.tree_util.tree_map(
+            lambda o: o + delta if jnp.issubdtype(o.dtype, jnp.floating) else o, state.opt_state
+        ),
+    )
 
 
 def _save(directory, state, step, metrics=None):
@@ -77,14 +79,16 @@ def test_resume_order(tmp_path):
     np.testing.assert_array_equal(_first(state.params), _first(fresh.params) + 1.0)
     np.testing.assert_array_equal(_first(state.opt_state), _first(fresh.opt_state))
     # config.resume beats init_from, and brings the optimiser, step and data position
-    state, data, how = resolve(tmp_path / "c", resume=str(tmp_path / "other"),
-                               init_from=str(tmp_path / "stage1"))
+    state, data, how = resolve(
+        tmp_path / "c", resume=str(tmp_path / "other"), init_from=str(tmp_path / "stage1")
+    )
     assert "config.resume" in how and int(state.step) == 5 and data == {"pos": 5}
     np.testing.assert_array_equal(_first(state.opt_state), _first(fresh.opt_state) + 2.0)
     # the workdir's own latest checkpoint beats everything
     _save(tmp_path / "d" / "checkpoints", _shifted(fresh, 3.0, 9), 9)
-    state, data, how = resolve(tmp_path / "d", resume=str(tmp_path / "other"),
-                               init_from=str(tmp_path / "stage1"))
+    state, data, how = resolve(
+        tmp_path / "d", resume=str(tmp_path / "other"), init_from=str(tmp_path / "stage1")
+    )
     assert how.startswith("resumed from") and int(state.step) == 9 and data == {"pos": 9}
     # a resume target without checkpoints is a clear error
     with pytest.raises(FileNotFoundError, match="config.resume"):
@@ -97,8 +101,12 @@ def test_init_from_torchvision_vgg16_pth(tmp_path):
     params = fresh.params
     rng = np.random.default_rng(0)
     sd = {}
-    convs = [(block, name) for block in ("block1", "block2", "block3", "block4", "block5")
-             for name in params[block] if not name.endswith("_bn")]
+    convs = [
+        (block, name)
+        for block in ("block1", "block2", "block3", "block4", "block5")
+        for name in params[block]
+        if not name.endswith("_bn")
+    ]
     for (block, name), idx in zip(convs, torch_weights.VGG_PLAIN_IDX):
         k = params[block][name]["kernel"]  # [3, 3, in, out]
         sd[f"features.{idx}.weight"] = rng.standard_normal((k.shape[3], k.shape[2], 3, 3))
@@ -109,14 +117,17 @@ def test_init_from_torchvision_vgg16_pth(tmp_path):
     sd["classifier.3.weight"] = rng.standard_normal((k7.shape[3], k7.shape[2]))
     sd["classifier.3.bias"] = rng.standard_normal(k7.shape[3])
     sd["classifier.6.weight"] = rng.standard_normal((1000, k7.shape[3]))  # ignored
-    torch.save({k: torch.tensor(v, dtype=torch.float32) for k, v in sd.items()}, tmp_path / "vgg.pth")
+    torch.save(
+        {k: torch.tensor(v, dtype=torch.float32) for k, v in sd.items()}, tmp_path / "vgg.pth"
+    )
     config.init_from = str(tmp_path / "vgg.pth")
     ckpt = checkpoint.Checkpointer(tmp_path / "w", async_save=False)
     state, _, how = checkpoint.restore_or_init(config, ckpt, abstract, init)
     ckpt.close()
     got = jax.device_get(state.params)
-    np.testing.assert_allclose(got["block1"]["conv1_1"]["kernel"],
-                               sd["features.0.weight"].transpose(2, 3, 1, 0), rtol=1e-6)
+    np.testing.assert_allclose(
+        got["block1"]["conv1_1"]["kernel"], sd["features.0.weight"].transpose(2, 3, 1, 0), rtol=1e-6
+    )
     # torchvision flattens pool5 as (C, H, W): fc6's kernel[y, x, c, o] == W[o, c * 49 + y * 7 + x]
     w6 = sd["classifier.0.weight"]
     assert np.isclose(got["fc"]["fc6"]["kernel"][2, 5, 1, 3], w6[3, 1 * 49 + 2 * 7 + 5])
@@ -130,8 +141,11 @@ def test_init_from_full_model_pth(tmp_path, name):
     fresh = jax.device_get(init())
     target = jax.tree_util.tree_map(lambda p: p + 0.5, fresh.params)
     variables = {"params": target, "batch_stats": fresh.batch_stats}
-    to_torch = (fcn_weights.fcn_to_torch_state_dict if name == "fcn8s"
-                else torch_weights.flax_to_torch_state_dict)
+    to_torch = (
+        fcn_weights.fcn_to_torch_state_dict
+        if name == "fcn8s"
+        else torch_weights.flax_to_torch_state_dict
+    )
     sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in to_torch(variables).items()}
     torch.save(sd, tmp_path / "model.pth")
     config.init_from = str(tmp_path / "model.pth")

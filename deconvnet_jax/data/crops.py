@@ -30,7 +30,8 @@ cv2.setNumThreads(1)  # loader workers parallelise across examples instead
 _CV_BGR_MEAN = tuple(float(v) for v in CAFFE_BGR_MEAN) + (0.0,)
 _CV_IMAGENET_SCALE = tuple(float(v) for v in 1 / (255 * IMAGENET_STD.astype(np.float64))) + (0.0,)
 _CV_IMAGENET_SHIFT = tuple(float(v) for v in IMAGENET_MEAN / IMAGENET_STD.astype(np.float64)) + (
-    0.0,)
+    0.0,
+)
 
 
 def normalize(image: np.ndarray, mode: str = "caffe_bgr") -> np.ndarray:
@@ -57,8 +58,9 @@ def normalize(image: np.ndarray, mode: str = "caffe_bgr") -> np.ndarray:
         bgr = cv2.cvtColor(flat, cv2.COLOR_RGB2BGR).astype(np.float32)
         out = cv2.subtract(bgr, _CV_BGR_MEAN)
     else:
-        out = cv2.subtract(cv2.multiply(flat.astype(np.float32), _CV_IMAGENET_SCALE),
-                           _CV_IMAGENET_SHIFT)
+        out = cv2.subtract(
+            cv2.multiply(flat.astype(np.float32), _CV_IMAGENET_SCALE), _CV_IMAGENET_SHIFT
+        )
     return out.reshape(image.shape)
 
 
@@ -86,8 +88,7 @@ def mean_pixel(normalization: str = "caffe_bgr") -> np.ndarray:
     return np.round(CAFFE_BGR_MEAN[::-1]).astype(np.uint8)
 
 
-def extract_window(image: np.ndarray, label: np.ndarray | None, window, out_size: int,
-                   pad_value=0):
+def extract_window(image: np.ndarray, label: np.ndarray | None, window, out_size: int, pad_value=0):
     """Crops `window` (x0, y0, x1, y1; rounded outward to whole pixels) with padding (image
     `pad_value`, label 255) and resizes it to out_size x out_size (image bilinear, label nearest).
 
@@ -114,20 +115,23 @@ def extract_window(image: np.ndarray, label: np.ndarray | None, window, out_size
         return out_img, None
     crop_lab = label[iy0:iy1, ix0:ix1]
     if any(border):
-        crop_lab = cv2.copyMakeBorder(crop_lab, *border, cv2.BORDER_CONSTANT,
-                                      value=float(IGNORE_LABEL))
+        crop_lab = cv2.copyMakeBorder(
+            crop_lab, *border, cv2.BORDER_CONSTANT, value=float(IGNORE_LABEL)
+        )
     # NEAREST_EXACT samples at pixel centres, as INTER_LINEAR does (and PIL's NEAREST); plain
     # INTER_NEAREST samples at floor(dst * scale), half a pixel off the image it labels.
-    return out_img, cv2.resize(crop_lab, (out_size, out_size),
-                               interpolation=cv2.INTER_NEAREST_EXACT)
+    return out_img, cv2.resize(
+        crop_lab, (out_size, out_size), interpolation=cv2.INTER_NEAREST_EXACT
+    )
 
 
 def random_crop_flip(image, label, crop_size: int, rng: np.random.Generator, flip: bool = True):
     """A random crop_size crop (uniform offset) and a random horizontal flip (p = 0.5)."""
     h, w = label.shape
     if h < crop_size or w < crop_size:
-        raise ValueError(f"cannot crop {crop_size} from a {w}x{h} window "
-                         "(resize must be >= crop_size)")
+        raise ValueError(
+            f"cannot crop {crop_size} from a {w}x{h} window (resize must be >= crop_size)"
+        )
     oy, ox = int(rng.integers(0, h - crop_size + 1)), int(rng.integers(0, w - crop_size + 1))
     image = image[oy : oy + crop_size, ox : ox + crop_size]
     label = label[oy : oy + crop_size, ox : ox + crop_size]
@@ -139,8 +143,14 @@ def random_crop_flip(image, label, crop_size: int, rng: np.random.Generator, fli
 ProposalFn = Callable[[dict], np.ndarray]  # example -> boxes [N, 4]
 
 
-def choose_window(example: dict, mode: str, rng: np.random.Generator, box_enlarge: float = 1.2,
-                  proposals: ProposalFn | dict | None = None, min_iou: float = 0.5):
+def choose_window(
+    example: dict,
+    mode: str,
+    rng: np.random.Generator,
+    box_enlarge: float = 1.2,
+    proposals: ProposalFn | dict | None = None,
+    min_iou: float = 0.5,
+):
     """The sampling window of one training example for `mode` (stage1 | stage2 | whole).
 
     stage1 falls back to the whole image when the example has no object box; stage2 falls back
@@ -152,8 +162,9 @@ def choose_window(example: dict, mode: str, rng: np.random.Generator, box_enlarg
         return (0.0, 0.0, float(w), float(h))
     if mode == "stage2":
         if proposals is None:
-            raise ValueError("stage2 sampling needs proposals "
-                             "(config.data.proposals or a callable)")
+            raise ValueError(
+                "stage2 sampling needs proposals (config.data.proposals or a callable)"
+            )
         props = proposals(example) if callable(proposals) else proposals.get(example["id"])
         if props is not None and len(props):
             props = np.asarray(props, np.float32).reshape(-1, 4)
@@ -166,9 +177,17 @@ def choose_window(example: dict, mode: str, rng: np.random.Generator, box_enlarg
     raise ValueError(f"unknown crop mode {mode!r} (expected one of {MODES})")
 
 
-def sample_crop(example: dict, mode: str, rng: np.random.Generator, resize: int = 250,
-                crop_size: int = 224, flip: bool = True, box_enlarge: float = 1.2,
-                proposals: ProposalFn | dict | None = None, pad_value=0):
+def sample_crop(
+    example: dict,
+    mode: str,
+    rng: np.random.Generator,
+    resize: int = 250,
+    crop_size: int = 224,
+    flip: bool = True,
+    box_enlarge: float = 1.2,
+    proposals: ProposalFn | dict | None = None,
+    pad_value=0,
+):
     """One training crop: window by `mode` -> resize -> random crop -> random flip.
 
     Parts of the window outside the image get `pad_value` (the loader passes `mean_pixel()`, so

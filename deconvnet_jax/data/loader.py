@@ -40,11 +40,14 @@ def dataset_root(data_config) -> pathlib.Path:
         return synthetic.ensure_dataset(data_config.get("cache_dir", ""), **dict(syn))
     if data_config.name == "voc":
         if not data_config.voc_root:
-            raise ValueError("config.data.voc_root is empty: point it at VOCdevkit/VOC2012 "
-                             "(or use config.data.name='synthetic' for the generated demo set)")
+            raise ValueError(
+                "config.data.voc_root is empty: point it at VOCdevkit/VOC2012 "
+                "(or use config.data.name='synthetic' for the generated demo set)"
+            )
         return pathlib.Path(data_config.voc_root)
-    raise ValueError(f"unknown config.data.name {data_config.name!r} "
-                     "(expected 'voc' or 'synthetic')")
+    raise ValueError(
+        f"unknown config.data.name {data_config.name!r} (expected 'voc' or 'synthetic')"
+    )
 
 
 def open_split(data_config, split: str) -> VOCDataset:
@@ -55,7 +58,8 @@ def open_split(data_config, split: str) -> VOCDataset:
         from deconvnet_jax.data.tfds_voc import TFDSVOCDataset  # noqa: PLC0415
 
         tfds_config = data_config.get("tfds_config") or (
-            "aug" if data_config.get("train_split") == "train_aug" else "plain")
+            "aug" if data_config.get("train_split") == "train_aug" else "plain"
+        )
         return TFDSVOCDataset(data_config.tfds_dir, split, config=tfds_config)
     sbd = data_config.get("sbd_root", "") or None
     if split == "train_aug" and sbd is None and data_config.name == "synthetic":
@@ -77,10 +81,14 @@ class _CropTransform(grain.transforms.RandomMap):
 
     def __init__(self, dataset: VOCDataset, data_config, proposals):
         self.dataset = dataset
-        self.cfg = dict(mode=data_config.mode, resize=data_config.resize,
-                        crop_size=data_config.crop_size, flip=data_config.flip,
-                        box_enlarge=data_config.box_enlarge,
-                        pad_value=crops.mean_pixel(data_config.normalization))
+        self.cfg = dict(
+            mode=data_config.mode,
+            resize=data_config.resize,
+            crop_size=data_config.crop_size,
+            flip=data_config.flip,
+            box_enlarge=data_config.box_enlarge,
+            pad_value=crops.mean_pixel(data_config.normalization),
+        )
         self.proposals = proposals
 
     def random_map(self, index: int, rng: np.random.Generator):
@@ -105,8 +113,9 @@ class TrainLoader:
     `report()`.
     """
 
-    def __init__(self, data_config, local_batch: int, seed: int, process_index: int,
-                 process_count: int):
+    def __init__(
+        self, data_config, local_batch: int, seed: int, process_index: int, process_count: int
+    ):
         self.dataset = open_split(data_config, data_config.train_split)
         self.local_batch = local_batch
         self._norm = data_config.normalization
@@ -114,23 +123,30 @@ class TrainLoader:
         proposals = None
         if data_config.mode == "stage2":
             if not data_config.proposals:
-                raise ValueError("config.data.mode='stage2' needs config.data.proposals "
-                                 "(a .npz/.json file)")
+                raise ValueError(
+                    "config.data.mode='stage2' needs config.data.proposals (a .npz/.json file)"
+                )
             proposals = crops.load_proposals(data_config.proposals)
         if len(self.dataset) < process_count:
-            raise ValueError(f"split {data_config.train_split!r} has {len(self.dataset)} examples "
-                             f"for {process_count} processes")
+            raise ValueError(
+                f"split {data_config.train_split!r} has {len(self.dataset)} examples "
+                f"for {process_count} processes"
+            )
         ds = grain.MapDataset.range(len(self.dataset))[process_index::process_count]
         self._shard_size = len(ds)
         ds = ds.shuffle(seed=seed).repeat()
         ds = ds.random_map(_CropTransform(self.dataset, data_config, proposals), seed=seed + 1)
-        it_ds = ds.to_iter_dataset(grain.ReadOptions(
-            num_threads=0 if data_config.num_workers else 2,
-            prefetch_buffer_size=4 * local_batch))
+        it_ds = ds.to_iter_dataset(
+            grain.ReadOptions(
+                num_threads=0 if data_config.num_workers else 2,
+                prefetch_buffer_size=4 * local_batch,
+            )
+        )
         if data_config.num_workers:
             _allow_unparsed_absl_flags()
             it_ds = it_ds.mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+                grain.MultiprocessingOptions(num_workers=data_config.num_workers)
+            )
         self._it = iter(it_ds)
 
     def __iter__(self) -> Iterator[dict]:
@@ -152,15 +168,19 @@ class TrainLoader:
                 self._skipped[ex["skipped_id"]] = ex["reason"]
                 run += 1
                 if run > self._shard_size:
-                    raise DataError(f"every example of this process's shard of split "
-                                    f"{self.dataset.split!r} is bad ({len(self._skipped)} "
-                                    f"skipped; first: {self.skipped[0]})")
+                    raise DataError(
+                        f"every example of this process's shard of split "
+                        f"{self.dataset.split!r} is bad ({len(self._skipped)} "
+                        f"skipped; first: {self.skipped[0]})"
+                    )
                 continue
             run = 0
             images.append(ex["image"])
             labels.append(ex["label"])
-        return {"image": normalize(np.stack(images), self._norm),  # [b, crop, crop, 3] float32
-                "label": np.stack(labels).astype(np.int32)}  # [b, crop, crop]
+        return {
+            "image": normalize(np.stack(images), self._norm),  # [b, crop, crop, 3] float32
+            "label": np.stack(labels).astype(np.int32),
+        }  # [b, crop, crop]
 
     def get_state(self) -> dict:
         """JSON-serialisable position of the stream (and the bad examples met so far)."""
@@ -173,7 +193,7 @@ class TrainLoader:
             self._skipped.update(state["skipped"])
 
     def report(self) -> str:
-        """"N bad training examples skipped" (lenient mode), or "" when none was."""
+        """ "N bad training examples skipped" (lenient mode), or "" when none was."""
         n = len(self._skipped)
         return f"{n} bad training example{'s' * (n != 1)} skipped" if n else ""
 
@@ -183,9 +203,13 @@ class TrainLoader:
             close()
 
 
-def make_train_loader(data_config, global_batch_size: int, seed: int,
-                      process_index: int | None = None, process_count: int | None = None,
-                      ) -> TrainLoader:
+def make_train_loader(
+    data_config,
+    global_batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> TrainLoader:
     """The training loader of config.data for this process.
 
     Args:
@@ -211,13 +235,20 @@ def _fit(image, label, size: int, strict: bool, source: str):
     scale = size / max(h, w)
     nw, nh = max(1, int(w * scale)), max(1, int(h * scale))
     log.warning("%s: %dx%d image resized down to %dx%d to fit eval_size", source, w, h, nw, nh)
-    return (cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR),
-            cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT))
+    return (
+        cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR),
+        cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT),
+    )
 
 
-def make_eval_loader(data_config, split: str, batch_size: int,
-                     process_index: int | None = None, process_count: int | None = None,
-                     max_images: int = 0) -> Iterator[dict]:
+def make_eval_loader(
+    data_config,
+    split: str,
+    batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    max_images: int = 0,
+) -> Iterator[dict]:
     """Whole-image evaluation batches of this process (finite, static shapes).
 
     Yields dict(image=float32 [b, S, S, 3], label=int32 [b, S, S], id=list[str]) with

@@ -68,8 +68,10 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(img, np.float64)
 
 
-def _shape_mask(size: int, rng: np.random.Generator,
-                ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _shape_mask(
+    size: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     w, h = (int(v) for v in rng.integers(size // 5, size // 2, 2))
     x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
     canvas = Image.new("L", (size, size), 0)
@@ -116,12 +118,15 @@ def _xml(image_id: str, size: int, boxes) -> str:
         f"<ymin>{y0 + 1}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
         for c, x0, y0, x1, y1 in boxes
     )
-    return (f"<annotation><filename>{image_id}.jpg</filename><size><width>{size}</width>"
-            f"<height>{size}</height><depth>3</depth></size>{objects}</annotation>")
+    return (
+        f"<annotation><filename>{image_id}.jpg</filename><size><width>{size}</width>"
+        f"<height>{size}</height><depth>3</depth></size>{objects}</annotation>"
+    )
 
 
-def write_dataset(root: pathlib.Path, num_train: int, num_val: int, image_size: int,
-                  seed: int) -> None:
+def write_dataset(
+    root: pathlib.Path, num_train: int, num_val: int, image_size: int, seed: int
+) -> None:
     """Writes the dataset into `root` (which must not exist yet)."""
     for sub in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -144,8 +149,13 @@ def write_dataset(root: pathlib.Path, num_train: int, num_val: int, image_size: 
     (seg / "trainval.txt").write_text("\n".join(splits["train"] + splits["val"]) + "\n")
 
 
-def ensure_dataset(cache_dir: str = "", num_train: int = 200, num_val: int = 40,
-                   image_size: int = 256, seed: int = 0) -> pathlib.Path:
+def ensure_dataset(
+    cache_dir: str = "",
+    num_train: int = 200,
+    num_val: int = 40,
+    image_size: int = 256,
+    seed: int = 0,
+) -> pathlib.Path:
     """Returns the root of the generated dataset, generating it on first use.
 
     Args:

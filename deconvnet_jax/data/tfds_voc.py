@@ -46,15 +46,28 @@ from deconvnet_jax.data.voc import CLASS_NAMES, DataError, VOCDataset
 log = logging.getLogger(__name__)
 
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
-SBD_URL = ("https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
-           "benchmark.tgz")
+SBD_URL = (
+    "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
+    "benchmark.tgz"
+)
 # md5 of the official archives (as torchvision's VOCSegmentation / SBDataset check them)
 _MD5 = {"voc": "6cd6e144f989b92b3379bac3b3de84fd", "sbd": "82b4d87ceb2ed10f6038a1cba92111cb"}
-_ARCHIVES = {"voc": ("VOCtrainval_11-May-2012.tar", "VOCtrainval*.tar"),
-             "sbd": ("benchmark.tgz", "benchmark*.tgz", "benchmark*.tar.gz", "benchmark*.tar")}
+_ARCHIVES = {
+    "voc": ("VOCtrainval_11-May-2012.tar", "VOCtrainval*.tar"),
+    "sbd": ("benchmark.tgz", "benchmark*.tgz", "benchmark*.tar.gz", "benchmark*.tar"),
+}
 # Big leaf folders never searched for a dataset root.
-_LEAVES = {"JPEGImages", "SegmentationClass", "SegmentationObject", "Annotations", "cls", "inst",
-           "img", "cls_png", "inst_png"}
+_LEAVES = {
+    "JPEGImages",
+    "SegmentationClass",
+    "SegmentationObject",
+    "Annotations",
+    "cls",
+    "inst",
+    "img",
+    "cls_png",
+    "inst_png",
+}
 
 _MANUAL = """\
 Put into `manual_dir` either the archives or their extracted folders:
@@ -73,8 +86,9 @@ def _is_voc_root(path: pathlib.Path) -> bool:
 
 
 def _is_sbd_root(path: pathlib.Path) -> bool:
-    return (path / "cls").is_dir() and (path / "train.txt").is_file() and (
-        path / "val.txt").is_file()
+    return (
+        (path / "cls").is_dir() and (path / "train.txt").is_file() and (path / "val.txt").is_file()
+    )
 
 
 def find_root(base, kind: str, max_depth: int = 4) -> pathlib.Path | None:
@@ -143,8 +157,10 @@ def check_md5(path: pathlib.Path, expected: str) -> None:
         for block in iter(lambda: f.read(1 << 20), b""):
             md5.update(block)
     if md5.hexdigest() != expected:
-        raise DataError(f"{path}: md5 {md5.hexdigest()} is not the official {expected} "
-                        "(incomplete or corrupt download: delete it and retry)")
+        raise DataError(
+            f"{path}: md5 {md5.hexdigest()} is not the official {expected} "
+            "(incomplete or corrupt download: delete it and retry)"
+        )
 
 
 def _manual_dir(dl_manager) -> pathlib.Path | None:
@@ -178,11 +194,15 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
     # only requires on Python < 3.9: set it directly.
     code_path = epath.Path(__file__)
     BUILDER_CONFIGS = [
-        Voc2012SegmentationConfig(name="plain", splits=("train", "val"),
-                                  description="VOC 2012 segmentation train / val."),
-        Voc2012SegmentationConfig(name="aug", splits=("train_aug", "val"),
-                                  description="train_aug (VOC train + SBD train/val minus VOC "
-                                              "val, ~10.5k images) / VOC val."),
+        Voc2012SegmentationConfig(
+            name="plain", splits=("train", "val"), description="VOC 2012 segmentation train / val."
+        ),
+        Voc2012SegmentationConfig(
+            name="aug",
+            splits=("train_aug", "val"),
+            description="train_aug (VOC train + SBD train/val minus VOC "
+            "val, ~10.5k images) / VOC val.",
+        ),
     ]
 
     def __init__(self, *, strict: bool = True, **kwargs):
@@ -195,16 +215,20 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="PASCAL VOC 2012 semantic segmentation with object boxes (from the XML "
-                        "annotations, else instance masks, else connected components).",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                "label": tfds.features.Image(shape=(None, None, 1), use_colormap=True),
-                "id": tfds.features.Text(),
-                "objects": tfds.features.Sequence({
-                    "box": tfds.features.Tensor(shape=(4,), dtype=np.float32),
-                    "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                }),
-            }),
+            "annotations, else instance masks, else connected components).",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                    "label": tfds.features.Image(shape=(None, None, 1), use_colormap=True),
+                    "id": tfds.features.Text(),
+                    "objects": tfds.features.Sequence(
+                        {
+                            "box": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+                            "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+                        }
+                    ),
+                }
+            ),
             homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
             metadata=tfds.core.MetadataDict(),
         )
@@ -216,13 +240,17 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
         if manual is not None:
             voc_root = locate(manual, "voc", extract_to)
             if voc_root is None:
-                raise DataError(f"{manual}: no VOC 2012 folder (JPEGImages/ + "
-                                f"ImageSets/Segmentation/) or archive {_ARCHIVES['voc'][0]}")
+                raise DataError(
+                    f"{manual}: no VOC 2012 folder (JPEGImages/ + "
+                    f"ImageSets/Segmentation/) or archive {_ARCHIVES['voc'][0]}"
+                )
             sbd_root = locate(manual, "sbd", extract_to) if need_sbd else None
             if need_sbd and sbd_root is None:
-                raise DataError(f"{manual}: config 'aug' needs SBD: no benchmark_RELEASE/"
-                                "dataset folder (cls/, train.txt, val.txt) or archive "
-                                f"{_ARCHIVES['sbd'][0]}")
+                raise DataError(
+                    f"{manual}: config 'aug' needs SBD: no benchmark_RELEASE/"
+                    "dataset folder (cls/, train.txt, val.txt) or archive "
+                    f"{_ARCHIVES['sbd'][0]}"
+                )
         else:  # online: TFDS downloads (requests, no TensorFlow); tarfile extracts
             urls = {"voc": VOC_URL, **({"sbd": SBD_URL} if need_sbd else {})}
             archives = {k: pathlib.Path(os.fspath(p)) for k, p in dl_manager.download(urls).items()}
@@ -230,8 +258,10 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
                 check_md5(path, _MD5[k])
             roots = {k: find_root(extract_archive(p, extract_to), k) for k, p in archives.items()}
             voc_root, sbd_root = roots["voc"], roots.get("sbd")
-        return {split: self._generate_examples(voc_root=voc_root, split=split, sbd_root=sbd_root)
-                for split in self.builder_config.splits}
+        return {
+            split: self._generate_examples(voc_root=voc_root, split=split, sbd_root=sbd_root)
+            for split in self.builder_config.splits
+        }
 
     def _generate_examples(self, voc_root, split: str, sbd_root=None):
         dataset = VOCDataset(voc_root, split, sbd_root=sbd_root, strict=self.strict)
@@ -244,8 +274,13 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
                     raise
                 skipped.append((i, str(e)))
         if skipped:
-            log.warning("voc2012_segmentation/%s %s: %d bad examples skipped (first: %s)",
-                            self.builder_config.name, split, len(skipped), skipped[0][1])
+            log.warning(
+                "voc2012_segmentation/%s %s: %d bad examples skipped (first: %s)",
+                self.builder_config.name,
+                split,
+                len(skipped),
+                skipped[0][1],
+            )
         self.skipped += skipped
         self.info.metadata.setdefault("skipped", {})[split] = [list(s) for s in skipped]
 
@@ -266,13 +301,19 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
             "image": image,
             "label": Image.fromarray(ex["label"], mode="L"),  # grey PNG of class indices
             "id": i,
-            "objects": {"box": np.asarray(ex["boxes"], np.float32).reshape(-1, 4),
-                        "label": np.asarray(ex["box_labels"], np.int64)},
+            "objects": {
+                "box": np.asarray(ex["boxes"], np.float32).reshape(-1, 4),
+                "label": np.asarray(ex["box_labels"], np.int64),
+            },
         }
 
 
-def prepare(data_dir, manual_dir=None, config: str = "plain", strict: bool = True,
-            ) -> Voc2012Segmentation:
+def prepare(
+    data_dir,
+    manual_dir=None,
+    config: str = "plain",
+    strict: bool = True,
+) -> Voc2012Segmentation:
     """Prepares (once) and returns the builder `voc2012_segmentation/<config>`.
 
     Args:
@@ -286,7 +327,8 @@ def prepare(data_dir, manual_dir=None, config: str = "plain", strict: bool = Tru
     """
     builder = Voc2012Segmentation(config=config, data_dir=os.fspath(data_dir), strict=strict)
     dl_config = tfds.download.DownloadConfig(
-        manual_dir=os.fspath(manual_dir) if manual_dir else None)
+        manual_dir=os.fspath(manual_dir) if manual_dir else None
+    )
     builder.download_and_prepare(download_config=dl_config)
     return builder
 
@@ -327,11 +369,15 @@ class TFDSVOCDataset:
     def __init__(self, data_dir, split: str, config: str = "plain"):
         builder = Voc2012Segmentation(config=config, data_dir=os.fspath(data_dir))
         if not builder.is_prepared():
-            raise DataError(f"{builder.data_dir}: voc2012_segmentation/{config} is not prepared "
-                            "(run deconvnet_jax.data.tfds_voc.prepare first)")
+            raise DataError(
+                f"{builder.data_dir}: voc2012_segmentation/{config} is not prepared "
+                "(run deconvnet_jax.data.tfds_voc.prepare first)"
+            )
         if split not in builder.info.splits:
-            raise DataError(f"voc2012_segmentation/{config} has no split {split!r} "
-                            f"(has {sorted(builder.info.splits)})")
+            raise DataError(
+                f"voc2012_segmentation/{config} has no split {split!r} "
+                f"(has {sorted(builder.info.splits)})"
+            )
         self.split = split
         self.source = builder.as_data_source(split)
         skip = tfds.decode.SkipDecoding()
@@ -339,7 +385,8 @@ class TFDSVOCDataset:
         self._index = {record_to_id(ids_only[k]): k for k in range(len(ids_only))}
         self.ids = sorted(self._index)
         self.skipped: list[tuple[str, str]] = [
-            tuple(s) for s in builder.info.metadata.get("skipped", {}).get(split, [])]
+            tuple(s) for s in builder.info.metadata.get("skipped", {}).get(split, [])
+        ]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -356,7 +403,6 @@ class TFDSVOCDataset:
             yield self[k]
 
 
-
 def main(argv=None) -> None:
     """`python -m deconvnet_jax.data.tfds_voc --data_dir D [--manual_dir M] [--config aug]`
     (the `tfds build` CLI imports TensorFlow; this does not)."""
@@ -364,8 +410,11 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description="Prepare voc2012_segmentation (no TensorFlow).")
     parser.add_argument("--data_dir", required=True, help="TFDS data folder to write into")
-    parser.add_argument("--manual_dir", default=None,
-                        help="folder with the archives or extracted folders (else: download)")
+    parser.add_argument(
+        "--manual_dir",
+        default=None,
+        help="folder with the archives or extracted folders (else: download)",
+    )
     parser.add_argument("--config", default="plain", choices=("plain", "aug"))
     parser.add_argument("--lenient", action="store_true", help="skip bad examples (counted)")
     args = parser.parse_args(argv)

@@ -81,8 +81,9 @@ def read_mask(path) -> np.ndarray:
     path = pathlib.Path(path)
     img = _open(path)
     if img.mode not in ("P", "L"):
-        raise DataError(f"{path}: class mask must be a palette (P) or grayscale (L) PNG, "
-                        f"got mode {img.mode}")
+        raise DataError(
+            f"{path}: class mask must be a palette (P) or grayscale (L) PNG, got mode {img.mode}"
+        )
     return validate_labels(np.asarray(img, np.uint8), path)
 
 
@@ -99,8 +100,9 @@ def read_sbd_mat(path, key: str) -> np.ndarray:
     except Exception as e:  # noqa: BLE001  (scipy raises many types on bad files)
         raise DataError(f"{path}: unreadable SBD .mat ({type(e).__name__}: {e})") from None
     if seg.ndim != 2 or seg.dtype.kind not in "uif":
-        raise DataError(f"{path}: {key}.Segmentation must be a 2-D numeric array, got "
-                        f"{seg.dtype} {seg.shape}")
+        raise DataError(
+            f"{path}: {key}.Segmentation must be a 2-D numeric array, got {seg.dtype} {seg.shape}"
+        )
     if seg.dtype != np.uint8:  # a cast would wrap 256 -> 0 silently: check first
         if seg.size and (seg.min() < 0 or seg.max() > 255 or not np.all(seg == np.round(seg))):
             raise DataError(f"{path}: {key}.Segmentation holds values outside the integers 0..255")
@@ -127,8 +129,9 @@ def parse_boxes_xml(path) -> tuple[np.ndarray, np.ndarray]:
         except (AttributeError, TypeError, ValueError):
             raise DataError(f"{path}: object {name!r} has a missing or malformed bndbox") from None
         if x1 < x0 or y1 < y0:
-            raise DataError(f"{path}: object {name!r} has an inverted bndbox "
-                            f"({x0:g}, {y0:g}, {x1:g}, {y1:g})")
+            raise DataError(
+                f"{path}: object {name!r} has an inverted bndbox ({x0:g}, {y0:g}, {x1:g}, {y1:g})"
+            )
         boxes.append((x0 - 1, y0 - 1, x1, y1))  # VOC boxes are 1-based inclusive
         labels.append(CLASS_NAMES.index(name))
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int32)
@@ -233,8 +236,13 @@ class VOCDataset:
             img = self.root / "JPEGImages" / f"{i}.jpg"
         xml = self.root / "Annotations" / f"{i}.xml"
         inst = self.sbd_root / "inst" / f"{i}.mat"
-        return _Source(img, self.sbd_root / "cls" / f"{i}.mat", "sbd",
-                       xml if xml.is_file() else None, inst if inst.is_file() else None)
+        return _Source(
+            img,
+            self.sbd_root / "cls" / f"{i}.mat",
+            "sbd",
+            xml if xml.is_file() else None,
+            inst if inst.is_file() else None,
+        )
 
     def _resolve(self, split: str) -> dict[str, _Source]:
         seg = self.root / "ImageSets" / "Segmentation"
@@ -279,8 +287,11 @@ class VOCDataset:
         """
         src = self._sources[i]
         image = read_image(src.image)
-        label = read_mask(src.label) if src.label_kind == "png" else validate_labels(
-            read_sbd_mat(src.label, "GTcls"), src.label)
+        label = (
+            read_mask(src.label)
+            if src.label_kind == "png"
+            else validate_labels(read_sbd_mat(src.label, "GTcls"), src.label)
+        )
         if label.shape != image.shape[:2]:
             raise DataError(
                 f"{src.label}: mask size {label.shape[1]}x{label.shape[0]} differs from image "
@@ -303,16 +314,23 @@ class VOCDataset:
             clipped = np.clip(boxes, 0, [w, h, w, h])
             empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
             if empty.any():
-                raise DataError(f"{src.xml}: box {boxes[np.argmax(empty)].tolist()} lies outside "
-                                f"the {w}x{h} image")
+                raise DataError(
+                    f"{src.xml}: box {boxes[np.argmax(empty)].tolist()} lies outside "
+                    f"the {w}x{h} image"
+                )
             return clipped.astype(np.float32), box_labels
         if src.instances is not None:
-            inst = read_mask_raw(src.instances) if src.label_kind == "png" else read_sbd_mat(
-                src.instances, "GTinst")
+            inst = (
+                read_mask_raw(src.instances)
+                if src.label_kind == "png"
+                else read_sbd_mat(src.instances, "GTinst")
+            )
             if inst.shape != label.shape:
-                raise DataError(f"{src.instances}: instance map size "
-                                f"{inst.shape[1]}x{inst.shape[0]} differs from class mask "
-                                f"size {w}x{h}")
+                raise DataError(
+                    f"{src.instances}: instance map size "
+                    f"{inst.shape[1]}x{inst.shape[0]} differs from class mask "
+                    f"size {w}x{h}"
+                )
             return boxes_from_instances(inst, label)
         return boxes_from_class_mask(label)
 

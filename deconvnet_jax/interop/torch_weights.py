@@ -28,8 +28,12 @@ TRANSPOSED = {"fc6_deconv"} | {n for n in layer_paths() if n.startswith("deconv"
 VGG_CONVS = [n for _, names, _ in ENCODER for n in names]
 VGG_PLAIN_IDX = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
 VGG_BN_IDX = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]
-BN_KEYS = (("weight", "params", "scale"), ("bias", "params", "bias"),
-           ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var"))
+BN_KEYS = (
+    ("weight", "params", "scale"),
+    ("bias", "params", "bias"),
+    ("running_mean", "batch_stats", "mean"),
+    ("running_var", "batch_stats", "var"),
+)
 
 
 def _get(tree, path):
@@ -80,7 +84,9 @@ def _checked(sd: dict, key: str, shape: tuple, source: str) -> np.ndarray:
         raise KeyError(f"{source}: missing key {key!r}")
     value = _np(sd[key]).astype(np.float32)
     if tuple(value.shape) != tuple(shape):
-        raise ValueError(f"{source}: key {key!r} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+        raise ValueError(
+            f"{source}: key {key!r} has shape {tuple(value.shape)}, expected {tuple(shape)}"
+        )
     return value
 
 
@@ -94,7 +100,11 @@ def torch_state_dict_to_flax(state_dict: dict, like_variables, source: str = "st
         tshape = _to_torch_kernel(layer, np.empty(kshape, np.int8)).shape
         w = _checked(state_dict, f"{layer}.weight", tshape, source)
         _set(params, path + ("kernel",), _to_flax_kernel(layer, w))
-        _set(params, path + ("bias",), _checked(state_dict, f"{layer}.bias", node["bias"].shape, source))
+        _set(
+            params,
+            path + ("bias",),
+            _checked(state_dict, f"{layer}.bias", node["bias"].shape, source),
+        )
         if layer == "seg_score":
             continue
         bn_path = path[:-1] + (layer + "_bn",)
@@ -102,7 +112,11 @@ def torch_state_dict_to_flax(state_dict: dict, like_variables, source: str = "st
         trees_out = {"params": params, "batch_stats": stats}
         for key, coll, leaf in BN_KEYS:
             shape = _get(trees_like[coll], bn_path)[leaf].shape
-            _set(trees_out[coll], bn_path + (leaf,), _checked(state_dict, f"{layer}_bn.{key}", shape, source))
+            _set(
+                trees_out[coll],
+                bn_path + (leaf,),
+                _checked(state_dict, f"{layer}_bn.{key}", shape, source),
+            )
     return {"params": params, "batch_stats": stats}
 
 
@@ -122,7 +136,9 @@ def load_torch_checkpoint(path) -> dict:
     return {k.removeprefix("module.").removeprefix("layers."): v for k, v in obj.items()}
 
 
-def vgg16_to_flax(state_dict: dict, variables, bn: bool | None = None, source: str = "vgg16") -> dict:
+def vgg16_to_flax(
+    state_dict: dict, variables, bn: bool | None = None, source: str = "vgg16"
+) -> dict:
     """torchvision VGG16 (bn=False) or VGG16-BN (bn=True; None detects) -> encoder, fc6, fc7.
 
     Returns new variables (the decoder, classifier and unmatched BN layers copied from `variables`).
@@ -131,8 +147,10 @@ def vgg16_to_flax(state_dict: dict, variables, bn: bool | None = None, source: s
 
     if bn is None:
         bn = "features.1.running_mean" in state_dict
-    out = {"params": copy.deepcopy(_as_np_tree(variables["params"])),
-           "batch_stats": copy.deepcopy(_as_np_tree(variables["batch_stats"]))}
+    out = {
+        "params": copy.deepcopy(_as_np_tree(variables["params"])),
+        "batch_stats": copy.deepcopy(_as_np_tree(variables["batch_stats"])),
+    }
     paths = layer_paths()
     for layer, idx in zip(VGG_CONVS, VGG_BN_IDX if bn else VGG_PLAIN_IDX):
         node = _get(out["params"], paths[layer])
@@ -144,7 +162,9 @@ def vgg16_to_flax(state_dict: dict, variables, bn: bool | None = None, source: s
             bn_path = paths[layer][:-1] + (layer + "_bn",)
             for key, coll, leaf in BN_KEYS:
                 tree = _get(out[coll], bn_path)
-                tree[leaf] = _checked(state_dict, f"features.{idx + 1}.{key}", tree[leaf].shape, source)
+                tree[leaf] = _checked(
+                    state_dict, f"features.{idx + 1}.{key}", tree[leaf].shape, source
+                )
     fc6 = _get(out["params"], paths["fc6"])
     k6 = fc6["kernel"].shape  # [7, 7, 512, 4096]
     w6 = _checked(state_dict, "classifier.0.weight", (k6[3], k6[2] * k6[0] * k6[1]), source)
@@ -152,7 +172,9 @@ def vgg16_to_flax(state_dict: dict, variables, bn: bool | None = None, source: s
     fc6["bias"] = _checked(state_dict, "classifier.0.bias", fc6["bias"].shape, source)
     fc7 = _get(out["params"], paths["fc7"])
     k7 = fc7["kernel"].shape
-    fc7["kernel"] = _checked(state_dict, "classifier.3.weight", (k7[3], k7[2]), source).T[None, None]
+    fc7["kernel"] = _checked(state_dict, "classifier.3.weight", (k7[3], k7[2]), source).T[
+        None, None
+    ]
     fc7["bias"] = _checked(state_dict, "classifier.3.bias", fc7["bias"].shape, source)
     return out
 

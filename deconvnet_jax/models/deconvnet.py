@@ -132,7 +132,8 @@ class Conv(nn.Module):
             y = (x.reshape(x.shape[0], -1) @ kernel.reshape(-1, self.features))[:, None, None, :]
         else:
             y = jax.lax.conv_general_dilated(
-                x, kernel, (1, 1), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                x, kernel, (1, 1), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
         return y + bias.astype(self.dtype)
 
 
@@ -266,8 +267,14 @@ class DeconvNet(nn.Module):
                 name=block,
                 **common,
             )(x, switches, train)
-        x = Conv(self.num_classes, 1, "VALID", dtype=self.dtype, kernel_init=DECODER_INIT,
-                 name="seg_score")(x)
+        x = Conv(
+            self.num_classes,
+            1,
+            "VALID",
+            dtype=self.dtype,
+            kernel_init=DECODER_INIT,
+            name="seg_score",
+        )(x)
         # float32 logits (the loss is computed in float32), float64 when asked for (parity tests).
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))
 

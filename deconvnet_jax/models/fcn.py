@@ -181,8 +181,14 @@ class FCN8s(nn.Module):
     bn_bias_init: float = 0.001
 
     def _score(self, x: jax.Array, name: str) -> jax.Array:
-        return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                       kernel_init=SCORE_INIT, name=name)(x)
+        return nn.Conv(
+            self.num_classes,
+            (1, 1),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=SCORE_INIT,
+            name=name,
+        )(x)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -190,8 +196,12 @@ class FCN8s(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"FCN8s expects [B, H, W, C] input, got shape {x.shape}")
         h, w = x.shape[1], x.shape[2]
-        common = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                      bn_bias_init=self.bn_bias_init)
+        common = dict(
+            dtype=self.dtype,
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+            bn_bias_init=self.bn_bias_init,
+        )
         wm = self.width_multiplier
         enc_cls = nn.remat(FCNEncoderBlock, static_argnums=(2,)) if self.remat else FCNEncoderBlock
         fc_cls = nn.remat(FCNFCBlock, static_argnums=(2,)) if self.remat else FCNFCBlock
@@ -199,8 +209,13 @@ class FCN8s(nn.Module):
         x = x.astype(self.dtype)
         pools = []
         for i, (block, layers, feats) in enumerate(ENCODER):
-            x = enc_cls(layers=layers, features=[scaled(f, wm) for f in feats],
-                        first_pad=FCN_PAD if i == 0 else 1, name=block, **common)(x, train)
+            x = enc_cls(
+                layers=layers,
+                features=[scaled(f, wm) for f in feats],
+                first_pad=FCN_PAD if i == 0 else 1,
+                name=block,
+                **common,
+            )(x, train)
             pools.append(x)
         pool3, pool4 = pools[2], pools[3]  # [B, H/8 + 25, ...], [B, H/16 + 13, ...] for H = 32k
         x = fc_cls(features=[scaled(c, wm) for _, _, c in FC[:2]], name="fc", **common)(x, train)

@@ -45,7 +45,12 @@ def _window_stack(x: jax.Array, window: int, stride: int) -> jax.Array:
     for dy in range(window):
         for dx in range(window):
             cells.append(
-                x[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride, :]
+                x[
+                    :,
+                    dy : dy + stride * (ho - 1) + 1 : stride,
+                    dx : dx + stride * (wo - 1) + 1 : stride,
+                    :,
+                ]
             )
     return jnp.stack(cells, axis=3)
 

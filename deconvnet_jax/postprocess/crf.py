@@ -93,8 +93,11 @@ def dense_crf(
     crf = dcrf.DenseCRF2D(w, h, c)
     crf.setUnaryEnergy(unary)
     crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_weight)
-    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb,
-                             rgbim=np.require(image, np.uint8, ["C", "W"]),  # writable copy if
-                             compat=bilateral_weight)  # read-only (pydensecrf rejects those)
+    crf.addPairwiseBilateral(
+        sxy=bilateral_sxy,
+        srgb=bilateral_srgb,
+        rgbim=np.require(image, np.uint8, ["C", "W"]),  # writable copy if
+        compat=bilateral_weight,
+    )  # read-only (pydensecrf rejects those)
     q = np.asarray(crf.inference(int(iterations)), np.float32)  # [C, H * W]
     return np.ascontiguousarray(q.T.reshape(h, w, c))
