@@ -20,23 +20,35 @@ BATCH_AXES = ("data", "fsdp")
 LARGE_KERNELS = ("fc6", "fc6_deconv")
 
 
+# Environment variables of the cluster launchers jax.distributed.initialize() understands.
+CLUSTER_ENV = (
+    "JAX_COORDINATOR_ADDRESS",
+    "SLURM_NTASKS",
+    "OMPI_COMM_WORLD_SIZE",
+    "TPU_WORKER_HOSTNAMES",
+)
+
+
 def init_distributed(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> None:
     """`jax.distributed.initialize` from explicit flags, or from the cluster environment.
 
     With no flags it initialises only when a known cluster environment (SLURM, Open MPI,
     TPU pods, or JAX_COORDINATOR_ADDRESS) is present; a single process needs nothing.
+    CPU-only runs (JAX_PLATFORMS=cpu) get gloo collectives unless
+    JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise: XLA:CPU has no cross-process
+    collectives without them.
     """
+    cluster = any(k in os.environ for k in CLUSTER_ENV)
+    multi = bool(coordinator) or cluster
+    if (
+        multi
+        and os.environ.get("JAX_PLATFORMS", "") == "cpu"
+        and "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ
+    ):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator:
         jax.distributed.initialize(coordinator, num_processes, process_id)
-    elif any(
-        k in os.environ
-        for k in (
-            "JAX_COORDINATOR_ADDRESS",
-            "SLURM_NTASKS",
-            "OMPI_COMM_WORLD_SIZE",
-            "TPU_WORKER_HOSTNAMES",
-        )
-    ):
+    elif cluster:
         jax.distributed.initialize()
 
 

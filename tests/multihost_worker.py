@@ -23,9 +23,9 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 def main() -> None:
     pid, nproc, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    from deconvnet_jax import parallel  # noqa: PLC0415
+    from deconvnet_jax import parallel
 
+    # init_distributed also selects gloo CPU collectives (JAX_PLATFORMS=cpu)
     parallel.init_distributed(f"127.0.0.1:{port}", nproc, pid)
     assert jax.process_count() == nproc and jax.device_count() == 4 * nproc, jax.devices()
     from test_train_parallel import _batches, _setup  # noqa: PLC0415
