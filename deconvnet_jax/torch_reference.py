@@ -8,14 +8,60 @@ interop/torch_weights.py). Only this module (and interop) imports torch.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from deconvnet_jax.models.deconvnet import DECODER, ENCODER, FC, scaled
 
 
-class FlatStateDict:
-    """State dicts keyed by the original layer names (modules live in ``self.layers``)."""
+class VGGBNTorch(nn.Module):
+    """Shared parts of the PyTorch references: layers by original name in ``self.layers``
+    (each conv followed by ``<name>_bn``), the VGG16-BN encoder + fc6 / fc7, and state dicts
+    keyed by the original layer names.
+
+    Args:
+      width_multiplier: channel scaling (same rounding as the Flax models).
+      bn_momentum: PyTorch convention (0.1 == flax 0.9).
+      bn_eps: BatchNorm epsilon.
+    """
+
+    def __init__(
+        self, width_multiplier: float = 1.0, bn_momentum: float = 0.1, bn_eps: float = 1e-5
+    ):
+        super().__init__()
+        self.layers = nn.ModuleDict()
+        self.wm = width_multiplier
+        self._bn = dict(eps=bn_eps, momentum=bn_momentum)
+
+    def add(self, name: str, layer: nn.Module, channels: int) -> None:
+        """Adds `layer` and its BatchNorm `<name>_bn`."""
+        self.layers[name] = layer
+        self.layers[name + "_bn"] = nn.BatchNorm2d(channels, **self._bn)
+
+    def build_encoder_fc(self, first_pad: int = 1) -> tuple[int, list[int]]:
+        """conv1_1 ... conv5_3, fc6 (7x7), fc7 (1x1), each + BN; sets ``self.encoder``.
+
+        Returns:
+          (fc7's channels, each block's output channels).
+        """
+        cin, widths, self.encoder = 3, [], []
+        for _, names, feats in ENCODER:
+            for name, f in zip(names, feats):
+                pad = first_pad if name == "conv1_1" else 1
+                self.add(
+                    name, nn.Conv2d(cin, scaled(f, self.wm), 3, padding=pad), scaled(f, self.wm)
+                )
+                cin = scaled(f, self.wm)
+            self.encoder.append(names)
+            widths.append(cin)
+        f6, f7 = (scaled(c, self.wm) for _, _, c in FC[:2])
+        self.add("fc6", nn.Conv2d(cin, f6, 7), f6)
+        self.add("fc7", nn.Conv2d(f6, f7, 1), f7)
+        return f7, widths
+
+    def _cbr(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        return torch.relu(self.layers[name + "_bn"](self.layers[name](x)))
 
     def state_dict_flat(self) -> dict[str, torch.Tensor]:
         """State dict by original layer names (no 'layers.' prefix, no num_batches_tracked)."""
@@ -27,7 +73,10 @@ class FlatStateDict:
 
     def load_flat(self, state: dict) -> None:
         """Loads a state dict keyed by original layer names (every key must match)."""
-        full = {f"layers.{k}": torch.as_tensor(v) for k, v in state.items()}
+        full = {
+            f"layers.{k}": v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))
+            for k, v in state.items()
+        }
         missing, unexpected = self.load_state_dict(full, strict=False)
         missing = [m for m in missing if not m.endswith("num_batches_tracked")]
         if missing or unexpected:
@@ -36,14 +85,11 @@ class FlatStateDict:
             )
 
 
-class DeconvNetTorch(FlatStateDict, nn.Module):
+class DeconvNetTorch(VGGBNTorch):
     """DeconvNet in PyTorch. Returns NCHW logits [B, num_classes, H, W].
 
     Args:
-      num_classes: output classes.
-      width_multiplier: channel scaling (same rounding as the Flax model).
-      bn_momentum: PyTorch convention (0.1 == flax 0.9).
-      bn_eps: BatchNorm epsilon.
+      num_classes: output classes; the others as VGGBNTorch.
     """
 
     def __init__(
@@ -53,38 +99,24 @@ class DeconvNetTorch(FlatStateDict, nn.Module):
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
     ):
-        super().__init__()
-        self.layers = nn.ModuleDict()
-        wm = width_multiplier
-
-        def add(name: str, layer: nn.Module, channels: int):
-            self.layers[name] = layer
-            self.layers[name + "_bn"] = nn.BatchNorm2d(channels, eps=bn_eps, momentum=bn_momentum)
-
-        cin = 3
-        self.encoder = []
-        for _, names, feats in ENCODER:
-            for name, f in zip(names, feats):
-                add(name, nn.Conv2d(cin, scaled(f, wm), 3, padding=1), scaled(f, wm))
-                cin = scaled(f, wm)
-            self.encoder.append(names)
-        f6, f7, fd = (scaled(c, wm) for _, _, c in FC)
-        add("fc6", nn.Conv2d(cin, f6, 7), f6)
-        add("fc7", nn.Conv2d(f6, f7, 1), f7)
-        add("fc6_deconv", nn.ConvTranspose2d(f7, fd, 7), fd)
+        super().__init__(width_multiplier, bn_momentum, bn_eps)
+        f7, _ = self.build_encoder_fc()
+        fd = scaled(FC[2][2], self.wm)
+        self.add("fc6_deconv", nn.ConvTranspose2d(f7, fd, 7), fd)
         cin = fd
         self.decoder = []
         for _, names, feats in DECODER:
             for name, f in zip(names, feats):
-                add(name, nn.ConvTranspose2d(cin, scaled(f, wm), 3, padding=1), scaled(f, wm))
-                cin = scaled(f, wm)
+                self.add(
+                    name,
+                    nn.ConvTranspose2d(cin, scaled(f, self.wm), 3, padding=1),
+                    scaled(f, self.wm),
+                )
+                cin = scaled(f, self.wm)
             self.decoder.append(names)
         self.layers["seg_score"] = nn.Conv2d(cin, num_classes, 1)
         self.pool = nn.MaxPool2d(2, 2, return_indices=True)
         self.unpool = nn.MaxUnpool2d(2, 2)
-
-    def _cbr(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        return torch.relu(self.layers[name + "_bn"](self.layers[name](x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

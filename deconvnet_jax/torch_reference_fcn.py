@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deconvnet_jax.models.deconvnet import ENCODER, FC, scaled
 from deconvnet_jax.models.fcn import (
     CROP_POOL3,
     CROP_POOL4,
@@ -21,17 +20,14 @@ from deconvnet_jax.models.fcn import (
     FCN_PAD,
     UPSAMPLERS,
 )
-from deconvnet_jax.torch_reference import FlatStateDict
+from deconvnet_jax.torch_reference import VGGBNTorch
 
 
-class FCN8sTorch(FlatStateDict, nn.Module):
+class FCN8sTorch(VGGBNTorch):
     """FCN-8s in PyTorch. Returns NCHW logits [B, num_classes, H, W] aligned to the input.
 
     Args:
-      num_classes: output classes.
-      width_multiplier: channel scaling (same rounding as the Flax model).
-      bn_momentum: PyTorch convention (0.1 == flax 0.9).
-      bn_eps: BatchNorm epsilon.
+      num_classes: output classes; the others as VGGBNTorch.
     """
 
     def __init__(
@@ -41,27 +37,8 @@ class FCN8sTorch(FlatStateDict, nn.Module):
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
     ):
-        super().__init__()
-        self.layers = nn.ModuleDict()
-        wm = width_multiplier
-
-        def add(name: str, layer: nn.Module, channels: int):
-            self.layers[name] = layer
-            self.layers[name + "_bn"] = nn.BatchNorm2d(channels, eps=bn_eps, momentum=bn_momentum)
-
-        cin = 3
-        self.encoder = []
-        widths = []
-        for _, names, feats in ENCODER:
-            for name, f in zip(names, feats):
-                pad = FCN_PAD if name == "conv1_1" else 1
-                add(name, nn.Conv2d(cin, scaled(f, wm), 3, padding=pad), scaled(f, wm))
-                cin = scaled(f, wm)
-            self.encoder.append(names)
-            widths.append(cin)
-        f6, f7 = (scaled(c, wm) for _, _, c in FC[:2])
-        add("fc6", nn.Conv2d(cin, f6, 7), f6)
-        add("fc7", nn.Conv2d(f6, f7, 1), f7)
+        super().__init__(width_multiplier, bn_momentum, bn_eps)
+        f7, widths = self.build_encoder_fc(first_pad=FCN_PAD)
         self.layers["score_fr"] = nn.Conv2d(f7, num_classes, 1)
         self.layers["score_pool4"] = nn.Conv2d(widths[3], num_classes, 1)
         self.layers["score_pool3"] = nn.Conv2d(widths[2], num_classes, 1)
@@ -70,9 +47,6 @@ class FCN8sTorch(FlatStateDict, nn.Module):
                 num_classes, num_classes, k, stride=s, bias=False
             )
         self.pool = nn.MaxPool2d(2, 2, ceil_mode=True)
-
-    def _cbr(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        return torch.relu(self.layers[name + "_bn"](self.layers[name](x)))
 
     @staticmethod
     def _crop(x: torch.Tensor, offset: int, like_hw) -> torch.Tensor:
