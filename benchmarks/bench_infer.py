@@ -21,8 +21,8 @@ import numpy as np
 from deconvnet_jax.models.deconvnet import DeconvNet
 
 
-def run_jax(args, variables, x_nhwc):
-    model = DeconvNet(width_multiplier=args.width, dtype=jnp.dtype(args.dtype))
+def run_jax(args, variables, x_nhwc, conv_impl: str):
+    model = DeconvNet(width_multiplier=args.width, dtype=jnp.dtype(args.dtype), conv_impl=conv_impl)
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     x = jax.device_put(jnp.asarray(x_nhwc))
     t0 = time.perf_counter()
@@ -70,6 +70,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
     parser.add_argument(
+        "--conv_impls",
+        default="auto,direct",
+        help="JAX 3x3 conv implementations to time, the first is the headline 'jax' row",
+    )
+    parser.add_argument(
         "--peak_tflops",
         type=float,
         default=0.0,
@@ -95,24 +100,21 @@ def main() -> None:
     state_dict = flax_to_torch_state_dict(variables)
 
     flops = common.deconvnet_forward_flops(args.size, args.size, args.width) * args.batch
-    rows = {}
-    out_j, med, times, comp = run_jax(args, variables, x)
-    rows["jax"] = dict(step_s=med, times_s=times, compile_s=comp, init_s=init_s)
+    rows, outs = {}, {}
+    for name, impl in common.jax_row_names(args.conv_impls):
+        outs[name], med, times, comp = run_jax(args, variables, x, impl)
+        rows[name] = dict(conv_impl=impl, step_s=med, times_s=times, compile_s=comp, init_s=init_s)
     out_t, med, times, comp = run_torch(args, state_dict, x, compiled=False)
     rows["torch_eager"] = dict(step_s=med, times_s=times)
     if args.torch_compile:
         _, med, times, comp = run_torch(args, state_dict, x, compiled=True)
         rows["torch_compile"] = dict(step_s=med, times_s=times, compile_s=comp)
-    rel_err = float(np.abs(out_j - out_t).max() / (np.abs(out_t).max() + 1e-12))
+    rel_err = max(
+        float(np.abs(o - out_t).max() / (np.abs(out_t).max() + 1e-12)) for o in outs.values()
+    )
 
     peak = args.peak_tflops or common.measured_matmul_tflops(args.dtype)
-    for r in rows.values():
-        r["images_per_s"] = args.batch / r["step_s"]
-        r["achieved_tflops"] = flops / r["step_s"] / 1e12
-        r["mfu"] = r["achieved_tflops"] / peak
-    ratios = {
-        f"jax_time_over_{k}": rows["jax"]["step_s"] / rows[k]["step_s"] for k in rows if k != "jax"
-    }
+    ratios = common.add_rates(rows, args.batch, flops, peak)
     result = dict(
         benchmark="inference (eval mode), full network",
         batch=args.batch,
@@ -127,15 +129,9 @@ def main() -> None:
         output_rel_err_jax_vs_torch=rel_err,
         env=common.environment(),
     )
-    print(f"batch {args.batch} {args.size}x{args.size} width {args.width} {args.dtype}")
-    print(f"{'impl':<15}{'s/step':>10}{'img/s':>10}{'TFLOP/s':>10}{'MFU':>8}")
-    for k, r in rows.items():
-        print(
-            f"{k:<15}{r['step_s']:>10.3f}{r['images_per_s']:>10.2f}{r['achieved_tflops']:>10.3f}"
-            f"{100 * r['mfu']:>7.1f}%"
-        )
-    for k, v in ratios.items():
-        print(f"{k}: {v:.3f}")
+    common.print_table(
+        f"batch {args.batch} {args.size}x{args.size} width {args.width} {args.dtype}", rows, ratios
+    )
     print(
         f"JAX compile {rows['jax']['compile_s']:.1f}s, init {init_s:.1f}s, "
         f"output rel err {rel_err:.2e}"

@@ -51,13 +51,14 @@ def _batch(batch: int, size: int, seed: int = 0) -> dict:
     return {"image": rng.standard_normal((batch, size, size, 3)).astype(np.float32), "label": label}
 
 
-def jax_setup(args, batch: int):
+def jax_setup(args, batch: int, conv_impl: str = "auto"):
     """(step fn, state, device batch, init seconds)."""
     model = DeconvNet(
         width_multiplier=args.width,
         dtype=jnp.dtype(args.dtype),
         remat=args.remat,
         unpool_impl=args.unpool or None,
+        conv_impl=conv_impl,
     )
     shape = (1, args.size, args.size, 3)
     pshapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))["params"]
@@ -71,8 +72,8 @@ def jax_setup(args, batch: int):
     return step, state, data, init_s
 
 
-def run_jax(args) -> dict:
-    step, state, data, init_s = jax_setup(args, args.batch)
+def run_jax(args, conv_impl: str) -> dict:
+    step, state, data, init_s = jax_setup(args, args.batch, conv_impl)
     t0 = time.perf_counter()
     compiled = step.lower(state, data).compile()
     compile_s = time.perf_counter() - t0
@@ -85,7 +86,14 @@ def run_jax(args) -> dict:
     first_loss = float(one())
     med, times = common.median_time(one, args.repeats)
     mem = compiled.memory_analysis()
-    out = dict(step_s=med, times_s=times, compile_s=compile_s, init_s=init_s, first_loss=first_loss)
+    out = dict(
+        conv_impl=conv_impl,
+        step_s=med,
+        times_s=times,
+        compile_s=compile_s,
+        init_s=init_s,
+        first_loss=first_loss,
+    )
     if mem is not None:
         out["temp_bytes"] = int(mem.temp_size_in_bytes)
         out["argument_bytes"] = int(mem.argument_size_in_bytes)
@@ -233,6 +241,11 @@ def main() -> None:
     parser.add_argument("--unpool", default="", help="'scatter' | 'window' ('' = default)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
+    parser.add_argument(
+        "--conv_impls",
+        default="auto,direct",
+        help="JAX 3x3 conv implementations to time, the first is the headline 'jax' row",
+    )
     parser.add_argument("--max_batch", action="store_true", help="search the largest batch (GPU)")
     parser.add_argument("--max_batch_limit", type=int, default=1024)
     parser.add_argument(
@@ -254,21 +267,16 @@ def main() -> None:
     del variables
 
     flops = 3 * common.deconvnet_forward_flops(args.size, args.size, args.width) * args.batch
-    rows = {"jax": run_jax(args), "torch_eager": run_torch(args, state_dict, False)}
+    rows = {name: run_jax(args, impl) for name, impl in common.jax_row_names(args.conv_impls)}
+    rows["torch_eager"] = run_torch(args, state_dict, False)
     if args.torch_compile:
         rows["torch_compile"] = run_torch(args, state_dict, True)
     peak = args.peak_tflops or common.measured_matmul_tflops(args.dtype)
-    for r in rows.values():
-        r["images_per_s"] = args.batch / r["step_s"]
-        r["achieved_tflops"] = flops / r["step_s"] / 1e12
-        r["mfu"] = r["achieved_tflops"] / peak
+    ratios = common.add_rates(rows, args.batch, flops, peak)
     # Same weights and batch: the first step's losses must agree (both do the same work).
     first_loss_rel_diff = abs(rows["jax"]["first_loss"] - rows["torch_eager"]["first_loss"]) / abs(
         rows["torch_eager"]["first_loss"]
     )
-    ratios = {
-        f"jax_time_over_{k}": rows["jax"]["step_s"] / rows[k]["step_s"] for k in rows if k != "jax"
-    }
     result = dict(
         benchmark="training step (forward + backward + SGD momentum), full network",
         batch=args.batch,
@@ -288,15 +296,11 @@ def main() -> None:
     result["jax_memory"] = jax_memory(args)
     if args.max_batch:
         result["largest_batch"] = max_batches(args)
-    print(f"train step: batch {args.batch} {args.size}x{args.size} width {args.width} {args.dtype}")
-    print(f"{'impl':<15}{'s/step':>10}{'img/s':>10}{'TFLOP/s':>10}{'MFU':>8}")
-    for k, r in rows.items():
-        print(
-            f"{k:<15}{r['step_s']:>10.3f}{r['images_per_s']:>10.2f}{r['achieved_tflops']:>10.3f}"
-            f"{100 * r['mfu']:>7.1f}%"
-        )
-    for k, v in ratios.items():
-        print(f"{k}: {v:.3f}")
+    common.print_table(
+        f"train step: batch {args.batch} {args.size}x{args.size} width {args.width} {args.dtype}",
+        rows,
+        ratios,
+    )
     for k, m in result["jax_memory"].items():
         if not isinstance(m, dict):
             continue

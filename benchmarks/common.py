@@ -77,6 +77,41 @@ def median_time(
     return float(np.median(times)), times
 
 
+def jax_row_names(conv_impls: str) -> list[tuple[str, str]]:
+    """'auto,direct' -> [('jax', 'auto'), ('jax_direct', 'direct')]: the first is the headline."""
+    impls = [i.strip() for i in conv_impls.split(",") if i.strip()]
+    if not impls:
+        raise ValueError("--conv_impls needs at least one of direct, winograd, auto")
+    return [("jax" if n == 0 else f"jax_{impl}", impl) for n, impl in enumerate(impls)]
+
+
+def add_rates(rows: dict, batch: int, flops: float, peak_tflops: float) -> dict:
+    """Adds images/s, TFLOP/s and MFU to every row; returns the JAX/PyTorch time ratios."""
+    for r in rows.values():
+        r["images_per_s"] = batch / r["step_s"]
+        r["achieved_tflops"] = flops / r["step_s"] / 1e12
+        r["mfu"] = r["achieved_tflops"] / peak_tflops
+    jax_rows = [k for k in rows if k.startswith("jax")]
+    torch_rows = [k for k in rows if k.startswith("torch")]
+    return {
+        f"{j}_time_over_{t}": rows[j]["step_s"] / rows[t]["step_s"]
+        for j in jax_rows
+        for t in torch_rows
+    }
+
+
+def print_table(title: str, rows: dict, ratios: dict) -> None:
+    print(title)
+    print(f"{'impl':<16}{'s/step':>10}{'img/s':>10}{'TFLOP/s':>10}{'MFU':>8}")
+    for k, r in rows.items():
+        print(
+            f"{k:<16}{r['step_s']:>10.3f}{r['images_per_s']:>10.2f}{r['achieved_tflops']:>10.3f}"
+            f"{100 * r['mfu']:>7.1f}%"
+        )
+    for k, v in ratios.items():
+        print(f"{k}: {v:.3f}")
+
+
 def environment() -> dict:
     """Device, versions and command of this run."""
     import jax
@@ -91,6 +126,12 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # Settings that change the timings (the glibc allocator's MALLOC_* tunables, XLA flags).
+        "env_vars": {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith("MALLOC_") or k in ("XLA_FLAGS", "OMP_NUM_THREADS", "LD_PRELOAD")
+        },
     }
     try:
         import torch
@@ -105,6 +146,14 @@ def environment() -> dict:
         env["git_commit"] = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
         ).stdout.strip()
+        env["git_dirty"] = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+        )
     except OSError:
         pass
     return env

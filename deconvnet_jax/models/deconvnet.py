@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deconvnet_jax.models import winograd
 from deconvnet_jax.models.pooling import max_pool_with_switches, max_unpool
 
 # (block name, layer names, output channels at width 1) -- PAPER.md's table.
@@ -82,6 +83,7 @@ class Deconv(nn.Module):
     padding: int
     dtype: Any = jnp.float32
     kernel_init: Initializer = DECODER_INIT
+    conv_impl: str = "direct"  # see winograd.use_winograd
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -93,6 +95,8 @@ class Deconv(nn.Module):
         if x.shape[1] == 1 and x.shape[2] == 1 and self.padding == 0:
             # [B, 1, 1, I] x [k, k, I, O] -> [B, k, k, O]
             y = jnp.einsum("bi,yxio->byxo", x[:, 0, 0, :], kernel)
+        elif winograd.use_winograd(self.conv_impl, k, self.padding, cin):
+            y = winograd.conv3x3_same(x, kernel[::-1, ::-1])
         else:
             pad = k - 1 - self.padding
             y = jax.lax.conv_general_dilated(
@@ -118,6 +122,7 @@ class Conv(nn.Module):
     padding: Any = "SAME"  # "VALID", "SAME" or ((top, bottom), (left, right))
     dtype: Any = jnp.float32
     kernel_init: Initializer = ENCODER_INIT
+    conv_impl: str = "direct"  # see winograd.use_winograd
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -130,6 +135,8 @@ class Conv(nn.Module):
             y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])  # [B, H, W, O]
         elif valid and x.shape[1] == k and x.shape[2] == k:
             y = (x.reshape(x.shape[0], -1) @ kernel.reshape(-1, self.features))[:, None, None, :]
+        elif winograd.use_winograd(self.conv_impl, k, self.padding, cin):
+            y = winograd.conv3x3_same(x, kernel)
         else:
             y = jax.lax.conv_general_dilated(
                 x, kernel, (1, 1), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
@@ -144,6 +151,7 @@ class _Layers(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_bias_init: float = 0.001
+    conv_impl: str = "direct"
 
     def bn_relu(self, x: jax.Array, name: str, train: bool) -> jax.Array:
         x = nn.BatchNorm(
@@ -158,7 +166,15 @@ class _Layers(nn.Module):
         return nn.relu(x)
 
     def conv(self, x, name, features, kernel, padding, init=ENCODER_INIT) -> jax.Array:
-        return Conv(features, kernel, padding, dtype=self.dtype, kernel_init=init, name=name)(x)
+        return Conv(
+            features,
+            kernel,
+            padding,
+            dtype=self.dtype,
+            kernel_init=init,
+            conv_impl=self.conv_impl,
+            name=name,
+        )(x)
 
 
 class EncoderBlock(_Layers):
@@ -200,7 +216,7 @@ class DecoderBlock(_Layers):
     def __call__(self, x: jax.Array, switches: jax.Array, train: bool) -> jax.Array:
         x = max_unpool(x, switches, self.output_hw, impl=self.unpool_impl)
         for name, feats in zip(self.layers, self.features):
-            x = Deconv(feats, 3, 1, dtype=self.dtype, name=name)(x)
+            x = Deconv(feats, 3, 1, dtype=self.dtype, conv_impl=self.conv_impl, name=name)(x)
             x = self.bn_relu(x, name, train)
         return x
 
@@ -217,6 +233,8 @@ class DeconvNet(nn.Module):
         new = momentum * old + (1 - momentum) * batch) and epsilon.
       bn_bias_init: initial BN shift (the release uses 0.001).
       unpool_impl: "scatter" or "window" (None: pooling.DEFAULT_UNPOOL).
+      conv_impl: 3x3 layers as "direct" convolutions, "winograd" F(2x2, 3x3), or "auto"
+        (on CPU, Winograd where the input has >= 256 channels); see models/winograd.py.
     """
 
     num_classes: int = 21
@@ -227,6 +245,7 @@ class DeconvNet(nn.Module):
     bn_epsilon: float = 1e-5
     bn_bias_init: float = 0.001
     unpool_impl: str | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -243,6 +262,7 @@ class DeconvNet(nn.Module):
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
             bn_bias_init=self.bn_bias_init,
+            conv_impl=self.conv_impl,
         )
         wm = self.width_multiplier
         enc_cls = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
@@ -297,6 +317,7 @@ def build_model(model_config) -> DeconvNet:
         bn_epsilon=model_config.bn_epsilon,
         bn_bias_init=model_config.bn_bias_init,
         unpool_impl=model_config.get("unpool_impl") or None,
+        conv_impl=model_config.get("conv_impl") or "auto",
     )
 
 

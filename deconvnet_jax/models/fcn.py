@@ -169,7 +169,7 @@ class FCN8s(nn.Module):
       width_multiplier: scales the encoder and fc6/fc7 channels (not the class maps).
       dtype: compute dtype; parameters are always float32.
       remat: rematerialise each encoder block and the fc block in the backward pass.
-      bn_momentum / bn_epsilon / bn_bias_init: as in DeconvNet.
+      bn_momentum / bn_epsilon / bn_bias_init / conv_impl: as in DeconvNet.
     """
 
     num_classes: int = 21
@@ -179,6 +179,7 @@ class FCN8s(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_bias_init: float = 0.001
+    conv_impl: str = "auto"
 
     def _score(self, x: jax.Array, name: str) -> jax.Array:
         return nn.Conv(
@@ -201,6 +202,7 @@ class FCN8s(nn.Module):
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
             bn_bias_init=self.bn_bias_init,
+            conv_impl=self.conv_impl,
         )
         wm = self.width_multiplier
         enc_cls = nn.remat(FCNEncoderBlock, static_argnums=(2,)) if self.remat else FCNEncoderBlock
@@ -243,4 +245,5 @@ def build_fcn(model_config) -> FCN8s:
         bn_momentum=model_config.bn_momentum,
         bn_epsilon=model_config.bn_epsilon,
         bn_bias_init=model_config.bn_bias_init,
+        conv_impl=model_config.get("conv_impl") or "auto",
     )
