@@ -148,7 +148,16 @@ def environment() -> dict:
         ).stdout.strip()
         env["git_dirty"] = bool(
             subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
+                # results/ is excluded: a chain of benchmarks writes it as it goes.
+                [
+                    "git",
+                    "status",
+                    "--porcelain",
+                    "--untracked-files=no",
+                    "--",
+                    ".",
+                    ":!benchmarks/results",
+                ],
                 capture_output=True,
                 text=True,
                 check=False,
