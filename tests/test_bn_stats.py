@@ -25,7 +25,7 @@ def test_first_layer_statistics_match_a_torch_conv_average():
     for b in batches:
         x = torch.from_numpy(b["image"]).permute(0, 3, 1, 2)
         y = torch.nn.functional.conv2d(
-            x, weight, torch.from_numpy(np.asarray(conv["bias"])), padding=1
+            x, weight, torch.from_numpy(np.array(conv["bias"])), padding=1
         )
         means.append(y.mean(dim=(0, 2, 3)).numpy())
         variances.append(y.var(dim=(0, 2, 3), unbiased=False).numpy())

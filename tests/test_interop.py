@@ -123,7 +123,7 @@ def test_missing_and_misshaped_keys_are_named(tmp_path):
         tw.torch_state_dict_to_flax(broken, variables)
     # A real .pth through torch.save / torch.load(weights_only=True)
     torch.save(
-        {"state_dict": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}},
+        {"state_dict": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}},
         tmp_path / "w.pth",
     )
     loaded = tw.load_torch_checkpoint(tmp_path / "w.pth")
