@@ -107,7 +107,7 @@ def test_crop_and_paste_matrices_match_cv2_and_torch(win):
         got, cv2.resize(window, (S, S), interpolation=cv2.INTER_LINEAR), atol=1e-5
     )
     t = torch.nn.functional.interpolate(
-        torch.as_tensor(window).permute(2, 0, 1)[None],
+        torch.as_tensor(np.array(window)).permute(2, 0, 1)[None],
         size=(S, S),
         mode="bilinear",
         align_corners=False,
@@ -131,7 +131,7 @@ def test_crop_and_paste_matrices_match_cv2_and_torch(win):
     np.testing.assert_allclose(pasted, want, atol=2e-6)
     np.testing.assert_array_equal(cov_y[:, None] & cov_x[None, :], mask)
     t = torch.nn.functional.interpolate(
-        torch.as_tensor(scores).permute(2, 0, 1)[None],
+        torch.as_tensor(np.array(scores)).permute(2, 0, 1)[None],
         size=(Y1 - Y0, X1 - X0),
         mode="bilinear",
         align_corners=False,

@@ -146,7 +146,7 @@ def test_init_from_full_model_pth(tmp_path, name):
         if name == "fcn8s"
         else torch_weights.flax_to_torch_state_dict
     )
-    sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in to_torch(variables).items()}
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in to_torch(variables).items()}
     torch.save(sd, tmp_path / "model.pth")
     config.init_from = str(tmp_path / "model.pth")
     ckpt = checkpoint.Checkpointer(tmp_path / "w", async_save=False)
