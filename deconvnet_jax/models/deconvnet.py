@@ -144,6 +144,29 @@ class Conv(nn.Module):
         return y + bias.astype(self.dtype)
 
 
+# The _Layers options a network passes on to every block (DeconvNet and FCN8s have them all).
+LAYER_OPTIONS = ("dtype", "bn_momentum", "bn_epsilon", "bn_bias_init", "conv_impl")
+
+
+def layer_options(network: nn.Module) -> dict[str, Any]:
+    """{option: value} of LAYER_OPTIONS on a network module, for its blocks' constructors."""
+    return {name: getattr(network, name) for name in LAYER_OPTIONS}
+
+
+def model_kwargs(model_config) -> dict[str, Any]:
+    """Constructor arguments that DeconvNet and FCN8s share, from a ``config.model``."""
+    return dict(
+        num_classes=model_config.num_classes,
+        width_multiplier=model_config.width_multiplier,
+        dtype=jnp.dtype(model_config.dtype),
+        remat=model_config.remat,
+        bn_momentum=model_config.bn_momentum,
+        bn_epsilon=model_config.bn_epsilon,
+        bn_bias_init=model_config.bn_bias_init,
+        conv_impl=model_config.get("conv_impl") or "auto",
+    )
+
+
 class _Layers(nn.Module):
     """Shared options of the blocks below."""
 
@@ -257,13 +280,7 @@ class DeconvNet(nn.Module):
                 f"DeconvNet needs both input sides >= {MIN_INPUT} (fc6 is a 7x7 valid conv "
                 f"on pool5 = input/32); got {x.shape[1]}x{x.shape[2]}"
             )
-        common = dict(
-            dtype=self.dtype,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
-            bn_bias_init=self.bn_bias_init,
-            conv_impl=self.conv_impl,
-        )
+        common = layer_options(self)
         wm = self.width_multiplier
         enc_cls = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
         fc_cls = nn.remat(FCBlock, static_argnums=(2,)) if self.remat else FCBlock
@@ -309,15 +326,7 @@ def build_model(model_config) -> DeconvNet:
             return build_fcn(model_config)
         raise ValueError(f"unknown config.model.name {name!r} (expected 'deconvnet' or 'fcn8s')")
     return DeconvNet(
-        num_classes=model_config.num_classes,
-        width_multiplier=model_config.width_multiplier,
-        dtype=jnp.dtype(model_config.dtype),
-        remat=model_config.remat,
-        bn_momentum=model_config.bn_momentum,
-        bn_epsilon=model_config.bn_epsilon,
-        bn_bias_init=model_config.bn_bias_init,
-        unpool_impl=model_config.get("unpool_impl") or None,
-        conv_impl=model_config.get("conv_impl") or "auto",
+        **model_kwargs(model_config), unpool_impl=model_config.get("unpool_impl") or None
     )
 
 

@@ -37,7 +37,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deconvnet_jax.models.deconvnet import ENCODER, FC, EncoderBlock, _Layers, scaled
+from deconvnet_jax.models.deconvnet import (
+    ENCODER,
+    FC,
+    EncoderBlock,
+    _Layers,
+    layer_options,
+    model_kwargs,
+    scaled,
+)
 
 FCN_PAD = 100  # conv1_1's padding in the Caffe net
 CROP_POOL4, CROP_POOL3, CROP_SCORE = 5, 9, 31  # Caffe crop offsets (see the module docstring)
@@ -197,13 +205,7 @@ class FCN8s(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"FCN8s expects [B, H, W, C] input, got shape {x.shape}")
         h, w = x.shape[1], x.shape[2]
-        common = dict(
-            dtype=self.dtype,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
-            bn_bias_init=self.bn_bias_init,
-            conv_impl=self.conv_impl,
-        )
+        common = layer_options(self)
         wm = self.width_multiplier
         enc_cls = nn.remat(FCNEncoderBlock, static_argnums=(2,)) if self.remat else FCNEncoderBlock
         fc_cls = nn.remat(FCNFCBlock, static_argnums=(2,)) if self.remat else FCNFCBlock
@@ -237,13 +239,4 @@ class FCN8s(nn.Module):
 def build_fcn(model_config) -> FCN8s:
     """Builds FCN8s from a ``config.model`` ConfigDict (configs/fcn8s.py); what
     ``deconvnet.build_model`` returns for ``config.model.name == 'fcn8s'``."""
-    return FCN8s(
-        num_classes=model_config.num_classes,
-        width_multiplier=model_config.width_multiplier,
-        dtype=jnp.dtype(model_config.dtype),
-        remat=model_config.remat,
-        bn_momentum=model_config.bn_momentum,
-        bn_epsilon=model_config.bn_epsilon,
-        bn_bias_init=model_config.bn_bias_init,
-        conv_impl=model_config.get("conv_impl") or "auto",
-    )
+    return FCN8s(**model_kwargs(model_config))

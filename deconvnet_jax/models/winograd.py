@@ -47,19 +47,25 @@ def kernel_transform(kernel: jax.Array) -> jax.Array:
     return jnp.stack([u for r in rows for u in _g(r[0], r[1], r[2])])
 
 
-def input_transform(x: jax.Array) -> tuple[jax.Array, int, int]:
-    """[B, H, W, C] -> ([16, B * th * tw, C], th, tw): B^T d B for every overlapping 4x4 tile
-    (stride 2) of the input padded by 1 (and by one more row / column where H / W is odd)."""
+def _tiles(h: int, w: int) -> tuple[int, int]:
+    """Number of 2x2 output tiles along H and W (odd sides get one padded row / column)."""
+    return (h + 1) // 2, (w + 1) // 2
+
+
+def input_transform(x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [16, B * th * tw, C]: B^T d B for every overlapping 4x4 tile (stride 2)
+    of the input padded by 1 (and by one more row / column where H / W is odd)."""
     b, h, w, c = x.shape
-    th, tw = (h + 1) // 2, (w + 1) // 2
+    th, tw = _tiles(h, w)
     xp = jnp.pad(x, ((0, 0), (1, 1 + 2 * th - h), (1, 1 + 2 * tw - w), (0, 0)))
     rows = _bt(*[xp[:, i : i + 2 * th : 2] for i in range(4)])  # 4 x [B, th, W + 2, C]
     tiles = [v for r in rows for v in _bt(*[r[:, :, j : j + 2 * tw : 2] for j in range(4)])]
-    return jnp.stack(tiles).reshape(16, b * th * tw, c), th, tw
+    return jnp.stack(tiles).reshape(16, b * th * tw, c)
 
 
-def output_transform(m: jax.Array, b: int, h: int, w: int, th: int, tw: int) -> jax.Array:
+def output_transform(m: jax.Array, b: int, h: int, w: int) -> jax.Array:
     """[16, B * th * tw, O] -> [B, H, W, O]: A^T m A per tile, tiles put back in place."""
+    th, tw = _tiles(h, w)
     m = m.reshape(4, 4, b, th, tw, m.shape[-1])
     rows = _at(m[0], m[1], m[2], m[3])  # 2 x [4, B, th, tw, O]
     y = jnp.stack([jnp.stack(_at(r[0], r[1], r[2], r[3]), -2) for r in rows], 2)
@@ -77,9 +83,8 @@ def conv3x3_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
             f"winograd conv3x3_same needs a [3, 3, {x.shape[-1]}, O] kernel, got {kernel.shape}"
         )
     b, h, w, _ = x.shape
-    v, th, tw = input_transform(x)
-    m = jnp.einsum("tni,tio->tno", v, kernel_transform(kernel))
-    return output_transform(m, b, h, w, th, tw)
+    m = jnp.einsum("tni,tio->tno", input_transform(x), kernel_transform(kernel))
+    return output_transform(m, b, h, w)
 
 
 def use_winograd(impl: str, kernel_size: int, padding, in_channels: int) -> bool:
