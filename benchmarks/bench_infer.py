@@ -63,24 +63,7 @@ def run_torch(args, state_dict, x_nhwc, compiled: bool):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
-    parser.add_argument(
-        "--conv_impls",
-        default="auto,direct",
-        help="JAX 3x3 conv implementations to time, the first is the headline 'jax' row",
-    )
-    parser.add_argument(
-        "--peak_tflops",
-        type=float,
-        default=0.0,
-        help="MFU denominator (default: this device's measured matmul rate)",
-    )
-    parser.add_argument("--out", default="")
+    common.add_network_args(parser, batch=4)
     args = parser.parse_args()
 
     from deconvnet_jax.interop.torch_weights import flax_to_torch_state_dict
@@ -115,19 +98,14 @@ def main() -> None:
 
     peak = args.peak_tflops or common.measured_matmul_tflops(args.dtype)
     ratios = common.add_rates(rows, args.batch, flops, peak)
-    result = dict(
-        benchmark="inference (eval mode), full network",
-        batch=args.batch,
-        size=args.size,
-        width_multiplier=args.width,
-        dtype=args.dtype,
-        mfu_denominator_tflops=peak,
-        mfu_denominator=("--peak_tflops" if args.peak_tflops else "measured dense matmul rate"),
+    result = common.network_result(
+        args,
+        "inference (eval mode), full network",
+        peak,
         gflop_per_image=flops / args.batch / 1e9,
         results=rows,
         ratios=ratios,
         output_rel_err_jax_vs_torch=rel_err,
-        env=common.environment(),
     )
     common.print_table(
         f"batch {args.batch} {args.size}x{args.size} width {args.width} {args.dtype}", rows, ratios

@@ -233,28 +233,11 @@ def max_batches(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    common.add_network_args(parser, batch=2)
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--unpool", default="", help="'scatter' | 'window' ('' = default)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
-    parser.add_argument(
-        "--conv_impls",
-        default="auto,direct",
-        help="JAX 3x3 conv implementations to time, the first is the headline 'jax' row",
-    )
     parser.add_argument("--max_batch", action="store_true", help="search the largest batch (GPU)")
     parser.add_argument("--max_batch_limit", type=int, default=1024)
-    parser.add_argument(
-        "--peak_tflops",
-        type=float,
-        default=0.0,
-        help="MFU denominator (default: this device's measured matmul rate)",
-    )
-    parser.add_argument("--out", default="")
     args = parser.parse_args()
 
     from deconvnet_jax.interop.torch_weights import flax_to_torch_state_dict  # noqa: PLC0415
@@ -277,21 +260,16 @@ def main() -> None:
     first_loss_rel_diff = abs(rows["jax"]["first_loss"] - rows["torch_eager"]["first_loss"]) / abs(
         rows["torch_eager"]["first_loss"]
     )
-    result = dict(
-        benchmark="training step (forward + backward + SGD momentum), full network",
-        batch=args.batch,
-        size=args.size,
-        width_multiplier=args.width,
-        dtype=args.dtype,
+    result = common.network_result(
+        args,
+        "training step (forward + backward + SGD momentum), full network",
+        peak,
         remat=args.remat,
         unpool=args.unpool or "default",
-        mfu_denominator_tflops=peak,
-        mfu_denominator=("--peak_tflops" if args.peak_tflops else "measured dense matmul rate"),
         gflop_per_image_step=flops / args.batch / 1e9,
         results=rows,
         ratios=ratios,
         first_loss_rel_diff_jax_vs_torch=first_loss_rel_diff,
-        env=common.environment(),
     )
     result["jax_memory"] = jax_memory(args)
     if args.max_batch:

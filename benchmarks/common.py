@@ -77,6 +77,43 @@ def median_time(
     return float(np.median(times)), times
 
 
+def add_network_args(parser, batch: int) -> None:
+    """The arguments bench_train.py and bench_infer.py share (same network, batch, precision)."""
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
+    parser.add_argument(
+        "--conv_impls",
+        default="auto,direct",
+        help="JAX 3x3 conv implementations to time, the first is the headline 'jax' row",
+    )
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=0.0,
+        help="MFU denominator (default: this device's measured matmul rate)",
+    )
+    parser.add_argument("--out", default="")
+
+
+def network_result(args, benchmark: str, peak_tflops: float, **fields) -> dict:
+    """The JSON record of a network benchmark: its setting, `fields`, then the environment."""
+    return dict(
+        benchmark=benchmark,
+        batch=args.batch,
+        size=args.size,
+        width_multiplier=args.width,
+        dtype=args.dtype,
+        mfu_denominator_tflops=peak_tflops,
+        mfu_denominator=("--peak_tflops" if args.peak_tflops else "measured dense matmul rate"),
+        **fields,
+        env=environment(),
+    )
+
+
 def jax_row_names(conv_impls: str) -> list[tuple[str, str]]:
     """'auto,direct' -> [('jax', 'auto'), ('jax_direct', 'direct')]: the first is the headline."""
     impls = [i.strip() for i in conv_impls.split(",") if i.strip()]
