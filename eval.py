@@ -44,7 +44,7 @@ def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
     logging.getLogger("deconvnet_jax").setLevel(logging.INFO)
-    from deconvnet_jax import evaluation, inference  # noqa: PLC0415  (after flags: fast --help)
+    from deconvnet_jax import evaluation, inference  # after flags: fast --help
 
     run_config = None if FLAGS.torch_weights else evaluation.load_run_config(FLAGS.workdir)
     config = evaluation.resolve_config(
@@ -54,25 +54,14 @@ def main(argv):
         config.infer.ensemble = FLAGS.ensemble
     if FLAGS.ensemble_rule:
         config.infer.ensemble_rule = FLAGS.ensemble_rule
-    net = evaluation.load_net(
-        config,
-        "" if FLAGS.torch_weights else FLAGS.workdir,
-        FLAGS.torch_weights,
-        run_config,
-        best=config.infer.best,
-    )
+    net = evaluation.load_net(config, FLAGS.torch_weights or FLAGS.workdir, config.infer.best)
     extras = evaluation.load_extras(config)
     predictor = inference.Predictor(net, config.infer, fcn=extras["fcn"])
     out = FLAGS.out or os.path.join(FLAGS.workdir or ".", f"eval_{config.infer.split}")
-    summary = evaluation.evaluate(
-        config,
-        predictor,
-        out,
-        extras["variants"],
-        extras["combine"],
-        extras["dense_crf"],
-        FLAGS.save_predictions,
+    evaluator = evaluation.Evaluator(
+        config, predictor, extras["variants"], extras["combine"], extras["dense_crf"]
     )
+    summary = evaluator.run(out, FLAGS.save_predictions)
     print(open(os.path.join(out, "results.md")).read())
     for name, m in summary["variants"].items():
         print(

@@ -34,7 +34,7 @@ def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("deconvnet_jax").setLevel(logging.INFO)
-    from deconvnet_jax import evaluation, inference, prediction  # noqa: PLC0415
+    from deconvnet_jax import evaluation, inference, prediction
 
     run_config = None if FLAGS.torch_weights else evaluation.load_run_config(FLAGS.workdir)
     config = evaluation.resolve_config(
@@ -42,13 +42,7 @@ def main(argv):
     )
     config.infer.ensemble = FLAGS.ensemble or config.infer.ensemble
     config.infer.ensemble_rule = FLAGS.ensemble_rule or config.infer.ensemble_rule
-    net = evaluation.load_net(
-        config,
-        "" if FLAGS.torch_weights else FLAGS.workdir,
-        FLAGS.torch_weights,
-        run_config,
-        best=config.infer.best,
-    )
+    net = evaluation.load_net(config, FLAGS.torch_weights or FLAGS.workdir, config.infer.best)
     extras = evaluation.load_extras(config)
     variant = FLAGS.variant or prediction.final_variant(extras["variants"])
     if variant not in extras["variants"]:

@@ -35,7 +35,7 @@ def run_jax(args, variables, x_nhwc, conv_impl: str):
 def run_torch(args, state_dict, x_nhwc, compiled: bool):
     import torch
 
-    from deconvnet_jax.torch_reference import DeconvNetTorch
+    from deconvnet_jax.torch.reference import DeconvNetTorch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = DeconvNetTorch(width_multiplier=args.width).to(device).eval()
@@ -66,7 +66,7 @@ def main() -> None:
     common.add_network_args(parser, batch=4)
     args = parser.parse_args()
 
-    from deconvnet_jax.interop.torch_weights import flax_to_torch_state_dict
+    from deconvnet_jax.torch.weights import to_torch_state_dict
 
     model = DeconvNet(width_multiplier=args.width)
     x = (
@@ -80,7 +80,7 @@ def main() -> None:
     )()
     jax.block_until_ready(variables)
     init_s = time.perf_counter() - t0
-    state_dict = flax_to_torch_state_dict(variables)
+    state_dict = to_torch_state_dict(variables)
 
     flops = common.deconvnet_forward_flops(args.size, args.size, args.width) * args.batch
     rows, outs = {}, {}

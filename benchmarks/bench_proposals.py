@@ -122,8 +122,8 @@ def main() -> None:
 
     import torch
 
-    from deconvnet_jax.interop.torch_weights import flax_to_torch_state_dict
-    from deconvnet_jax.torch_reference import DeconvNetTorch
+    from deconvnet_jax.torch.reference import DeconvNetTorch
+    from deconvnet_jax.torch.weights import to_torch_state_dict
 
     load_start = os.getloadavg()  # the machine may be shared: recorded with the result
     h, w, c = args.height, args.width_px, 21
@@ -173,7 +173,7 @@ def main() -> None:
     )
     if not args.skip_torch:
         net = DeconvNetTorch(num_classes=c, width_multiplier=args.width).eval()
-        net.load_flat(flax_to_torch_state_dict(jax.device_get(variables)))
+        net.load_flat(to_torch_state_dict(jax.device_get(variables)))
         image_t = torch.as_tensor(image).permute(2, 0, 1).contiguous()
 
         def run_torch(fn, name):

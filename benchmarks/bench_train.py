@@ -61,8 +61,7 @@ def jax_setup(args, batch: int, conv_impl: str = "auto"):
         conv_impl=conv_impl,
     )
     shape = (1, args.size, args.size, 3)
-    pshapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))["params"]
-    tx = optim.make_optimizer(_optim_config(), pshapes)
+    tx = optim.make_optimizer(_optim_config())
     init = jax.jit(functools.partial(train_lib.create_train_state, model, tx, 0, shape))
     t0 = time.perf_counter()
     state = jax.block_until_ready(init())
@@ -128,7 +127,7 @@ def jax_memory(args) -> dict:
 def _torch_model(args, state_dict):
     import torch  # noqa: PLC0415
 
-    from deconvnet_jax.torch_reference import DeconvNetTorch  # noqa: PLC0415
+    from deconvnet_jax.torch.reference import DeconvNetTorch  # noqa: PLC0415
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = DeconvNetTorch(width_multiplier=args.width).to(device).train()
@@ -240,13 +239,13 @@ def main() -> None:
     parser.add_argument("--max_batch_limit", type=int, default=1024)
     args = parser.parse_args()
 
-    from deconvnet_jax.interop.torch_weights import flax_to_torch_state_dict  # noqa: PLC0415
+    from deconvnet_jax.torch.weights import to_torch_state_dict  # noqa: PLC0415
 
     model = DeconvNet(width_multiplier=args.width)
     variables = jax.jit(
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, args.size, args.size, 3)))
     )()
-    state_dict = flax_to_torch_state_dict(jax.device_get(variables))
+    state_dict = to_torch_state_dict(jax.device_get(variables))
     del variables
 
     flops = 3 * common.deconvnet_forward_flops(args.size, args.size, args.width) * args.batch

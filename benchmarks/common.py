@@ -14,7 +14,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deconvnet_jax.models.deconvnet import DECODER, ENCODER, FC, scaled  # noqa: E402
+from deconvnet_jax.models.deconvnet import DECODER, FC_DECONV  # noqa: E402
+from deconvnet_jax.models.layers import ENCODER, FC, scaled  # noqa: E402
 
 
 def deconvnet_forward_flops(
@@ -34,7 +35,7 @@ def deconvnet_forward_flops(
             cin = cout
         h, w = h // 2, w // 2
     pool_hw = (h, w)
-    f6, f7, fd = (scaled(c, width_multiplier) for _, _, c in FC)
+    f6, f7, fd = (scaled(c, width_multiplier) for _, _, c in FC + (FC_DECONV,))
     h6, w6 = h - 6, w - 6
     macs += h6 * w6 * 49 * cin * f6 + h6 * w6 * f6 * f7 + h6 * w6 * 49 * f7 * fd
     cin, (h, w) = fd, pool_hw

@@ -1,9 +1,10 @@
 """Evaluation over a split: the paper's variants, confusion matrices on device, tables and images.
 
-``resolve_config`` merges a run's config.json with the inference config, ``load_net`` restores a
-checkpoint (or imports PyTorch weights), ``load_extras`` finds FCN-8s / ensemble / CRF when they
-are asked for and available (a missing part skips its variants with a message), and ``evaluate``
-runs a split: one confusion matrix per variant accumulated on device (label 255 ignored), then
+``resolve_config`` merges a run's config.json with the inference config, ``load_net`` builds the
+network with its weights (a run, a .pth or a .caffemodel: weights.py), ``load_extras`` finds
+FCN-8s / ensemble / CRF when they are asked for and available (a missing part skips its variants
+with a message), and ``Evaluator`` runs a split: one confusion matrix per variant accumulated on
+device (label 255 ignored), then
 per-class IoU, mIoU, pixel and mean class accuracy as ``results.md`` (markdown) and
 ``results.json`` in the output folder, plus palette PNGs and image | truth | prediction overlays
 with ``save_predictions``.
@@ -26,10 +27,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from deconvnet_jax import inference, viz
+from deconvnet_jax import inference, viz, weights
 from deconvnet_jax.data import loader as data_loader
 from deconvnet_jax.data.voc import CLASS_NAMES, IGNORE_LABEL, DataError
 from deconvnet_jax.metrics import compute_metrics, confusion_matrix, markdown_table
+from deconvnet_jax.models import build_model
 
 log = logging.getLogger(__name__)
 
@@ -57,43 +59,26 @@ def resolve_config(config, overrides: dict, run_config=None) -> ml_collections.C
     """
     if run_config is None:
         return config
-    merged = ml_collections.ConfigDict(run_config.to_dict())
-    merged.infer = ml_collections.ConfigDict(config.infer.to_dict())
+    merged = ml_collections.ConfigDict(config.to_dict())  # defaults for fields older runs lack
+    run = run_config.to_dict()
+    run.pop("infer", None)
+    merged.update(run)
     merged.update_from_flattened_dict(dict(overrides))
     return merged
 
 
-def _model_variables_like(model, size: int):
-    return jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
-
-
-def load_net(
-    config, workdir: str = "", torch_weights: str = "", run_config=None, best: bool = False
-) -> inference.Net:
-    """The DeconvNet for inference: a run's checkpoint, or a PyTorch state dict (interop format).
+def load_net(config, weights_path: str, best: bool = False) -> inference.Net:
+    """The network of ``config.model`` for inference, with its weights.
 
     Args:
       config: the resolved config (config.model builds the network).
-      workdir: a training run directory (restored with ``checkpoint.load_variables``).
-      torch_weights: a .pth DeconvNet state dict (deconvnet_jax/interop/torch_weights.py format).
-      run_config: the run's own config (the checkpoint's shapes); defaults to ``config``.
-      best: restore the best-mIoU checkpoint instead of the latest.
+      weights_path: a training run directory, a .pth or a .caffemodel (weights.load_weights).
+      best: for a run directory, its best-mIoU checkpoint instead of the latest.
     """
-    from deconvnet_jax import checkpoint  # noqa: PLC0415
-    from deconvnet_jax.models.deconvnet import build_model  # noqa: PLC0415
-
     model = build_model(config.model)
-    if torch_weights:
-        from deconvnet_jax.interop import torch_weights as tw  # noqa: PLC0415
-
-        like = _model_variables_like(model, config.data.crop_size)
-        variables = tw.torch_state_dict_to_flax(
-            tw.load_torch_checkpoint(torch_weights), like, source=str(torch_weights)
-        )
-    elif workdir:
-        variables = checkpoint.load_variables(workdir, run_config or config, best=best)
-    else:
-        raise ValueError("no weights: pass --workdir (a training run) or --torch_weights (a .pth)")
+    size = config.data.crop_size
+    like = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    variables = weights.load_weights(weights_path, like, config.model.name, best=best)
     variables = jax.device_put(variables)
     apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
     return inference.Net(apply, variables, config.data.normalization)
@@ -108,26 +93,25 @@ def load_extras(config) -> dict:
     """
     infer = config.infer
     out = dict(fcn=None, combine=None, dense_crf=None)
-    if infer.get("ensemble"):
+    if infer.ensemble:
         try:
-            from deconvnet_jax.postprocess import ensemble  # noqa: PLC0415
+            from deconvnet_jax.postprocess import ensemble
 
             run = load_run_config(infer.ensemble)
             if run is None:
                 raise FileNotFoundError(
                     f"{infer.ensemble}/config.json not found (an FCN-8s run dir)"
                 )
-            if run.model.get("name") != "fcn8s":
-                raise ValueError(f"{infer.ensemble} is a {run.model.get('name')!r} run, not fcn8s")
-            fcn = load_net(
-                run, workdir=infer.ensemble, run_config=run, best=infer.get("best", False)
-            )
+            run = resolve_config(config, {}, run)
+            if run.model.name != "fcn8s":
+                raise ValueError(f"{infer.ensemble} is a {run.model.name!r} run, not fcn8s")
+            fcn = load_net(run, infer.ensemble, best=infer.best)
             out.update(fcn=fcn, combine=ensemble.combine)
         except (ImportError, FileNotFoundError, ValueError) as e:
             log.warning("EDeconvNet variants skipped: %s", e)
-    if infer.get("crf"):
+    if infer.crf:
         try:
-            from deconvnet_jax.postprocess import crf  # noqa: PLC0415
+            from deconvnet_jax.postprocess import crf
 
             if not crf.crf_available():
                 raise ImportError(getattr(crf, "INSTALL_HINT", "pydensecrf2 is not installed"))
@@ -182,113 +166,137 @@ class _Writer:
         Image.fromarray(viz.side_by_side(image, truth, pred)).save(overlay_dir / f"{image_id}.jpg")
 
 
-def evaluate(
-    config,
-    predictor: inference.Predictor,
-    out_dir,
-    variants=("DeconvNet",),
-    combine: Callable | None = None,
-    dense_crf: Callable | None = None,
-    save_predictions: bool = False,
-) -> dict:
-    """Evaluates ``variants`` on config.infer.split of config.data; writes results.md/.json.
+class Evaluator:
+    """Scores ``variants`` of a Predictor over ``config.infer.split`` of ``config.data``.
 
-    Returns:
-      dict(variants={name: compute_metrics(...)}, images=int, skipped=[(id, reason)], ...).
+    One confusion matrix per variant is accumulated on device (label 255 ignored); images that
+    were shrunk to fit the largest canvas, and +CRF variants, are scored on the host at the
+    image's own size. ``run`` writes results.md / results.json (and, with ``save_predictions``,
+    palette PNGs and overlays) and returns the summary.
+
+    Args:
+      config: the resolved inference config (config.infer, config.data, config.model).
+      predictor: an inference.Predictor.
+      variants: variant names in the paper's order (``variants_for``).
+      combine: the EDeconvNet rule (postprocess.ensemble.combine), for the E* variants.
+      dense_crf: postprocess.crf.dense_crf, for the +CRF variants.
     """
-    infer = config.infer
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = data_loader.open_split(config.data, infer.split)
-    ids = dataset.ids[: infer.max_images or None]
-    num_classes = config.model.num_classes
-    conf = {v: jnp.zeros((num_classes, num_classes), jnp.int32) for v in variants}
-    writer = _Writer(out_dir, variants) if save_predictions else None
-    crf_params = dict(infer.get("crf_params", {}))
-    skipped = list(dataset.skipped)
-    done = 0
 
-    def load(i):
+    def __init__(
+        self,
+        config,
+        predictor: inference.Predictor,
+        variants=("DeconvNet",),
+        combine: Callable | None = None,
+        dense_crf: Callable | None = None,
+    ):
+        self.config, self.predictor, self.variants = config, predictor, tuple(variants)
+        self.combine, self.dense_crf = combine, dense_crf
+        self.num_classes = config.model.num_classes
+        self.crf_params = dict(config.infer.crf_params)
+        self.conf = {v: jnp.zeros((self.num_classes,) * 2, jnp.int32) for v in self.variants}
+        self.writer: _Writer | None = None
+        self.dataset = None
+
+    def run(self, out_dir, save_predictions: bool = False) -> dict:
+        """Evaluates the split. Returns dict(variants={name: compute_metrics(...)}, images,
+        skipped=[(id, reason)], seconds, split, infer, confusion)."""
+        infer, strict = self.config.infer, self.config.data.strict
+        out_dir = pathlib.Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.dataset = data_loader.open_split(self.config.data, infer.split)
+        ids = self.dataset.ids[: infer.max_images or None]
+        self.writer = _Writer(out_dir, self.variants) if save_predictions else None
+        skipped, done, batch = list(self.dataset.skipped), 0, []
+        start = time.perf_counter()
+        bar = tqdm(total=len(ids), desc=f"eval {infer.split}", unit="img")
+        for i, (prep, lab) in zip(ids, _prefetch(self._load, ids, infer.num_workers, 4)):
+            if prep is None:
+                bar.update(1)
+                if strict:
+                    raise DataError(lab)
+                log.warning("skipping %s: %s", i, lab)
+                skipped.append((i, lab))
+                continue
+            if batch and (batch[0][0].canvas != prep.canvas or len(batch) == infer.batch_size):
+                done += self._add_batch(batch, bar)
+                batch = []
+            batch.append((prep, lab))
+        if batch:
+            done += self._add_batch(batch, bar)
+        bar.close()
+        return self._write_results(out_dir, done, skipped, time.perf_counter() - start)
+
+    def _load(self, image_id: str):
+        """(Prepared, label) of an image, or (None, the DataError's message)."""
         try:
-            ex = dataset.load(i)
-            return predictor.prepare(ex["image"], i, ex["boxes"]), ex["label"]
+            ex = self.dataset.load(image_id)
+            return self.predictor.prepare(ex["image"], image_id, ex["boxes"]), ex["label"]
         except DataError as e:
             return None, str(e)
 
-    def flush(batch):
-        nonlocal done
+    def _add_batch(self, batch: list, bar) -> int:
+        """Scores a batch of (Prepared, label) of one canvas into every variant's confusion."""
         preps = [p for p, _ in batch]
         maps = inference.variant_maps(
-            predictor.scores(preps), variants, infer.ensemble_rule, combine
+            self.predictor.scores(preps),
+            self.variants,
+            self.config.infer.ensemble_rule,
+            self.combine,
         )
         canvas = preps[0].canvas
-        labels = np.full((len(batch), canvas, canvas), IGNORE_LABEL, np.int32)
+        labels = np.full((len(batch), canvas, canvas), IGNORE_LABEL, np.int32)  # [B, S, S]
         for k, (p, lab) in enumerate(batch):
             if p.image.shape[:2] == lab.shape:  # shrunk images are scored at their own size below
                 labels[k, : lab.shape[0], : lab.shape[1]] = lab
         labels_dev = jnp.asarray(labels)
-        for v in variants:
-            pred = maps[v]
-            host = None
+        shrunk = any(p.image.shape[:2] != lab.shape for p, lab in batch)
+        for v in self.variants:
+            pred, host = maps[v], None
             if v.endswith("+CRF"):
-                probs = np.asarray(pred)
-                host = np.zeros(labels.shape, np.int32)
-                for k, (p, _) in enumerate(batch):
-                    lab = inference.crf_labels(p, probs[k], dense_crf, crf_params)
-                    host[k, : lab.shape[0], : lab.shape[1]] = lab
+                host = self._crf_labels(batch, np.asarray(pred), labels.shape)
                 pred = jnp.asarray(host)
-            conf[v] = _update(conf[v], pred, labels_dev)
-            need_host = writer is not None or any(
-                p.image.shape[:2] != lab.shape for p, lab in batch
-            )
-            if need_host:
-                host = np.asarray(pred) if host is None else host
-                for k, (p, lab) in enumerate(batch):
-                    full = inference.to_original(p, host[k])
-                    if p.image.shape[:2] != lab.shape:
-                        conf[v] = conf[v] + confusion_matrix(full, lab, num_classes)
-                    if writer is not None:
-                        image = (
-                            p.image
-                            if p.image.shape[:2] == lab.shape
-                            else dataset.load(p.image_id)["image"]
-                        )
-                        writer.write(v, p.image_id, image, lab, full)
-        done += len(batch)
+            self.conf[v] = _update(self.conf[v], pred, labels_dev)
+            if self.writer is not None or shrunk:
+                self._add_host(v, batch, np.asarray(pred) if host is None else host)
         bar.update(len(batch))
+        return len(batch)
 
-    start = time.perf_counter()
-    batch = []
-    bar = tqdm(total=len(ids), desc=f"eval {infer.split}", unit="img")
-    for i, (prep, lab) in zip(ids, _prefetch(load, ids, infer.get("num_workers", 2), 4)):
-        if prep is None:
-            bar.update(1)
-            if config.data.strict:
-                raise DataError(lab)
-            log.warning("skipping %s: %s", i, lab)
-            skipped.append((i, lab))
-            continue
-        if batch and (batch[0][0].canvas != prep.canvas or len(batch) == infer.batch_size):
-            flush(batch)
-            batch = []
-        batch.append((prep, lab))
-    if batch:
-        flush(batch)
-    bar.close()
-    seconds = time.perf_counter() - start
-    names = CLASS_NAMES if num_classes == len(CLASS_NAMES) else [str(c) for c in range(num_classes)]
-    results = {v: compute_metrics(np.asarray(jax.device_get(conf[v])), names) for v in variants}
-    table = markdown_table(results, names)
-    summary = dict(
-        variants=results,
-        images=done,
-        skipped=skipped,
-        seconds=seconds,
-        split=infer.split,
-        infer=config.infer.to_dict(),
-        confusion={v: np.asarray(conf[v]).tolist() for v in variants},
-    )
-    (out_dir / "results.md").write_text(table)
-    (out_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
-    log.info("evaluated %d images in %.1fs; results in %s", done, seconds, out_dir)
-    return summary
+    def _crf_labels(self, batch: list, probs: np.ndarray, shape) -> np.ndarray:
+        host = np.zeros(shape, np.int32)
+        for k, (p, _) in enumerate(batch):
+            lab = inference.crf_labels(p, probs[k], self.dense_crf, self.crf_params)
+            host[k, : lab.shape[0], : lab.shape[1]] = lab
+        return host
+
+    def _add_host(self, variant: str, batch: list, pred: np.ndarray) -> None:
+        """Shrunk images' confusion at their original size, and the written predictions."""
+        for k, (p, lab) in enumerate(batch):
+            full = inference.to_original(p, pred[k])
+            same_size = p.image.shape[:2] == lab.shape
+            if not same_size:
+                self.conf[variant] = self.conf[variant] + confusion_matrix(
+                    full, lab, self.num_classes
+                )
+            if self.writer is not None:
+                image = p.image if same_size else self.dataset.load(p.image_id)["image"]
+                self.writer.write(variant, p.image_id, image, lab, full)
+
+    def _write_results(self, out_dir: pathlib.Path, done: int, skipped: list, seconds: float):
+        nc = self.num_classes
+        names = CLASS_NAMES if nc == len(CLASS_NAMES) else [str(c) for c in range(nc)]
+        conf = {v: np.asarray(jax.device_get(c)) for v, c in self.conf.items()}
+        results = {v: compute_metrics(conf[v], names) for v in self.variants}
+        summary = dict(
+            variants=results,
+            images=done,
+            skipped=skipped,
+            seconds=seconds,
+            split=self.config.infer.split,
+            infer=self.config.infer.to_dict(),
+            confusion={v: conf[v].tolist() for v in self.variants},
+        )
+        (out_dir / "results.md").write_text(markdown_table(results, names))
+        (out_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+        log.info("evaluated %d images in %.1fs; results in %s", done, seconds, out_dir)
+        return summary

@@ -56,12 +56,12 @@ def _base(name: str, lr, optim_config) -> optax.GradientTransformation:
     raise ValueError(f"unknown config.optim.name {name!r} (expected 'sgd', 'adam' or 'adamw')")
 
 
-def make_optimizer(optim_config, params) -> optax.GradientTransformation:
-    """The optax transformation of config.optim for a parameter tree (or its shapes).
+def make_optimizer(optim_config) -> optax.GradientTransformation:
+    """The optax transformation of config.optim (parameter groups labelled from the tree it is
+    applied to).
 
     Args:
       optim_config: config.optim (configs/default.py).
-      params: the parameter pytree (arrays or ShapeDtypeStructs), used only for the labels.
     """
     schedule = learning_rate_schedule(optim_config)
     bias_schedule = lambda count: optim_config.bias_lr_mult * schedule(count)  # noqa: E731
@@ -76,7 +76,7 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
         "bias": _base(optim_config.name, bias_schedule, optim_config),
         "bn": _base(optim_config.name, schedule, optim_config),
     }
-    tx = optax.multi_transform(groups, param_groups(params))
+    tx = optax.multi_transform(groups, param_groups)
     if optim_config.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(optim_config.clip_norm), tx)
     if optim_config.accum_steps > 1:

@@ -21,7 +21,6 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
-    rng: jax.Array  # PRNG key data (uint32 [2])
 
 
 def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int = IGNORE_LABEL):
@@ -43,34 +42,36 @@ def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, seed: int, input_shape: tuple[int, ...]
 ) -> TrainState:
     """Initial state (call under jax.jit with out_shardings so it is born sharded)."""
-    rng = jax.random.PRNGKey(seed)
-    init_rng, rng = jax.random.split(rng)
-    variables = model.init(init_rng, jnp.zeros(input_shape, jnp.float32), train=False)
+    variables = model.init(jax.random.key(seed), jnp.zeros(input_shape, jnp.float32), train=False)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
-        rng=jax.random.key_data(rng),
     )
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, seed: int = 0) -> Callable:
     """Returns the pure `train_step(state, batch) -> (state, metrics)`.
 
     BatchNorm uses the statistics of the whole (global, possibly sharded) batch: under jit the
     means are reductions over the sharded batch axis, so BN is synchronised across devices.
+    Dropout (the public FCN-8s) draws from ``fold_in(key(seed), step)``: a function of the step,
+    so a resumed run draws the same masks without a key in the state.
     A non-finite loss leaves the state unchanged and reports `finite = False`.
     """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
+
         def loss_fn(params):
             logits, updates = model.apply(
                 {"params": params, "batch_stats": state.batch_stats},
                 batch["image"],
                 train=True,
                 mutable=["batch_stats"],
+                rngs={"dropout": dropout_key},
             )
             loss, count = pixel_cross_entropy(logits, batch["label"])
             return loss, (updates["batch_stats"], count, logits)
@@ -79,16 +80,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Calla
             state.params
         )
         finite = jnp.isfinite(loss) & jnp.all(
-            jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
+            jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         )
 
         def update() -> TrainState:
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            rng = jax.random.key_data(
-                jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-            )
-            return TrainState(state.step + 1, params, batch_stats, opt_state, rng)
+            return TrainState(state.step + 1, params, batch_stats, opt_state)
 
         # A cond, not a where over the state: the update runs in place on the (donated) state
         # instead of materialising new and old side by side (benchmarks/NOTES.md).

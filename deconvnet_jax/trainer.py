@@ -1,12 +1,18 @@
 """The training loop: sharded state, resumable data, periodic validation, checkpoints, logs.
 
-`train_and_evaluate(config, workdir)` is what `train.py` runs. Sections: setup (mesh, model,
-optimiser, state born sharded), resume, the loop (train step, logging, validation, checkpoints,
-preemption), and the end (final validation, plot).
+`train_and_evaluate(config, workdir)` is what `train.py` runs, in three parts (as MaxText's
+setup_mesh_and_model / setup_train_loop / train_loop):
+
+- `setup`: mesh, model, optimiser, the state born sharded and resumed (checkpoint.restore_or_init),
+  the data iterator at its saved position, the jitted steps;
+- `train_loop`: train steps with the next batch read while the device runs, logging, periodic
+  validation and checkpoints, preemption;
+- `finish`: the optional BN-statistics recompute, final validation, last checkpoint, plots.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -14,17 +20,17 @@ import math
 import pathlib
 import signal
 import time
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from deconvnet_jax import bn_stats, checkpoint, optim, parallel, train_lib, viz
+from deconvnet_jax import bn_stats, checkpoint, optim, parallel, train_lib, viz, weights
 from deconvnet_jax.data import loader as data_loader
 from deconvnet_jax.data.voc import CLASS_NAMES
 from deconvnet_jax.metrics import compute_metrics
-from deconvnet_jax.models.deconvnet import build_model
+from deconvnet_jax.models import build_model
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,7 @@ class MetricWriter:
         if self.active:
             workdir.mkdir(parents=True, exist_ok=True)
             try:
-                from tensorboardX import SummaryWriter  # noqa: PLC0415
+                from tensorboardX import SummaryWriter
 
                 self.tb = SummaryWriter(str(workdir / "tensorboard"))
             except ImportError:
@@ -80,58 +86,82 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def evaluate(
-    config, model, state, mesh, eval_step, split: str | None = None, max_images: int = 0
-) -> dict:
-    """Whole-image validation mIoU of the current state over config.data.val_split."""
-    bs = config.train.get("eval_batch_size", 8)
-    per_proc = max(1, math.ceil(bs / jax.process_count()))
+@dataclasses.dataclass
+class Run:
+    """What `setup` builds and the loop and `finish` use."""
+
+    config: Any
+    workdir: pathlib.Path
+    mesh: jax.sharding.Mesh
+    model: Any
+    shardings: Any  # of the TrainState
+    state: train_lib.TrainState
+    train_iter: data_loader.TrainLoader
+    train_step: Callable
+    eval_step: Callable
+    ckpt: checkpoint.Checkpointer
+    writer: MetricWriter
+    # The data position saved with a checkpoint: after the batches the state has consumed (the
+    # loop reads one batch ahead, so it tracks this itself).
+    data_position: dict | None = None
+
+    @property
+    def step(self) -> int:
+        return int(jax.device_get(self.state.step))
+
+    def save(self, metrics: dict | None = None) -> None:
+        step = self.step
+        self.ckpt.save(step, self.state, self.data_position, meta={"step": step}, metrics=metrics)
+
+
+def validate(run: Run, split: str | None = None) -> dict:
+    """Whole-image validation metrics (compute_metrics) of the current state on a split."""
+    config = run.config
+    per_proc = max(1, math.ceil(config.train.eval_batch_size / jax.process_count()))
     devices_per_proc = jax.local_device_count()
     per_proc = math.ceil(per_proc / devices_per_proc) * devices_per_proc
     conf = np.zeros((config.model.num_classes,) * 2, np.int64)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
     for batch in data_loader.make_eval_loader(
         config.data,
         split or config.data.val_split,
         per_proc * jax.process_count(),
-        max_images=max_images,
+        max_images=config.train.eval_max_images,
     ):
-        conf += np.asarray(jax.device_get(eval_step(variables, parallel.global_batch(batch, mesh))))
+        batch = parallel.global_batch(batch, run.mesh)
+        conf += np.asarray(jax.device_get(run.eval_step(variables, batch)))
     names = CLASS_NAMES if config.model.num_classes == len(CLASS_NAMES) else None
     return compute_metrics(conf, names)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains config's model in `workdir` (resuming from its checkpoints). Returns val metrics."""
+def setup(config, workdir) -> Run:
+    """Mesh, model, optimiser, the state (born sharded, resumed per the resume order), the data
+    iterator at its saved position, and the jitted train / eval steps."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-
-    # --- setup: mesh, model, optimiser, state born sharded ---------------------------
     mesh = parallel.make_mesh(config.mesh)
     model = build_model(config.model)
-    crop, batch_size = config.data.crop_size, config.train.batch_size
+    batch_size, crop = config.train.batch_size, config.data.crop_size
     if batch_size % mesh.size:
         raise ValueError(
             f"config.train.batch_size={batch_size} must divide over {mesh.size} devices"
         )
-    input_shape = (1, crop, crop, 3)
-    param_shapes = jax.eval_shape(
-        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape), train=False)
-    )["params"]
-    tx = optim.make_optimizer(config.optim, param_shapes)
+    tx = optim.make_optimizer(config.optim)
     init_fn = functools.partial(
-        train_lib.create_train_state, model, tx, config.train.seed, input_shape
+        train_lib.create_train_state, model, tx, config.train.seed, (1, crop, crop, 3)
     )
     shapes = jax.eval_shape(init_fn)
     shardings = parallel.state_shardings(shapes, mesh, config.mesh.shard_all)
-    abstract = checkpoint.abstract_state(shapes, shardings)
-
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
     t0 = time.perf_counter()
     state, data_state, how = checkpoint.restore_or_init(
-        config, ckpt, abstract, jax.jit(init_fn, out_shardings=shardings)
+        config,
+        ckpt,
+        checkpoint.abstract_state(shapes, shardings),
+        jax.jit(init_fn, out_shardings=shardings),
+        functools.partial(weights.init_state_from, model=config.model.name),
     )
     jax.block_until_ready(state)
     log.info("%s (%.1fs)", how, time.perf_counter() - t0)
@@ -139,39 +169,47 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_iter = data_loader.make_train_loader(config.data, batch_size, config.data.seed)
     if data_state:
         train_iter.set_state(data_state)
-
     batch_sh = parallel.batch_sharding(mesh)
+    batch_shardings = {"image": batch_sh, "label": batch_sh}
     train_step = jax.jit(
-        train_lib.make_train_step(model, tx),
-        in_shardings=(shardings, {"image": batch_sh, "label": batch_sh}),
+        train_lib.make_train_step(model, tx, config.train.seed),
+        in_shardings=(shardings, batch_shardings),
         out_shardings=(shardings, parallel.replicated(mesh)),
         donate_argnums=(0,),
     )
     var_sh = {"params": shardings.params, "batch_stats": shardings.batch_stats}
     eval_step = jax.jit(
         train_lib.make_eval_step(model, config.model.num_classes),
-        in_shardings=(var_sh, {"image": batch_sh, "label": batch_sh}),
+        in_shardings=(var_sh, batch_shardings),
         out_shardings=parallel.replicated(mesh),
     )
-    writer = MetricWriter(workdir)
-    preempt = _Preemption()
+    return Run(
+        config=config,
+        workdir=workdir,
+        mesh=mesh,
+        model=model,
+        shardings=shardings,
+        state=state,
+        train_iter=train_iter,
+        train_step=train_step,
+        eval_step=eval_step,
+        ckpt=ckpt,
+        writer=MetricWriter(workdir),
+        data_position=train_iter.get_state(),
+    )
 
-    # The data position saved with a checkpoint is the one after the batches the state has
-    # consumed; the loop prefetches one batch ahead, so it tracks that position itself.
-    position = {"after_consumed": train_iter.get_state()}
 
-    def save(step: int, metrics: dict | None = None):
-        ckpt.save(step, state, position["after_consumed"], meta={"step": step}, metrics=metrics)
+def train_loop(run: Run) -> bool:
+    """Trains until config.train.num_steps. Returns False when preempted (checkpoint saved)."""
+    config = run.config
+    num_steps, batch_size = config.train.num_steps, config.train.batch_size
+    accum = max(1, config.optim.accum_steps)
+    step = run.step
 
     def fetch():
         """The next global batch (host reading + transfer), and the stream position after it."""
-        batch = parallel.global_batch(next(train_iter), mesh)
-        return batch, train_iter.get_state()
+        return parallel.global_batch(next(run.train_iter), run.mesh), run.train_iter.get_state()
 
-    # --- the loop ----------------------------------------------------------------------
-    step = int(jax.device_get(state.step))
-    num_steps = config.train.num_steps
-    accum = max(1, config.optim.accum_steps)
     bar = tqdm(
         total=num_steps,
         initial=step,
@@ -179,87 +217,96 @@ def train_and_evaluate(config, workdir: str) -> dict:
         disable=jax.process_index() != 0,
         dynamic_ncols=True,
     )
+    preempt = _Preemption()
     window_t, window_n = time.perf_counter(), 0
     try:
         batch, after_batch = fetch() if step < num_steps else (None, None)
         while step < num_steps:
-            state, metrics = train_step(state, batch)  # dispatched asynchronously...
-            position["after_consumed"] = after_batch
+            run.state, metrics = run.train_step(run.state, batch)  # dispatched asynchronously...
+            run.data_position = after_batch
             if step + 1 < num_steps:  # ...so reading the next batch overlaps the device step
                 batch, after_batch = fetch()
             metrics = jax.device_get(metrics)
             if not bool(metrics["finite"]):
-                ckpt.wait()
+                run.ckpt.wait()
                 raise FloatingPointError(
                     f"loss became {float(metrics['loss'])} at step {step + 1}: training stopped; "
-                    f"the last good checkpoint (step {max(ckpt.steps(), default='none')}) in "
-                    f"{ckpt.directory} is "
-                    "untouched. Lower config.optim.lr or set config.optim.clip_norm."
+                    f"the last good checkpoint (step {max(run.ckpt.steps(), default='none')}) in "
+                    f"{run.ckpt.directory} is untouched. Lower config.optim.lr or set "
+                    "config.optim.clip_norm."
                 )
             step += 1
             window_n += batch_size
             bar.update(1)
             if step % config.train.log_every == 0 or step == num_steps:
                 rate = window_n / (time.perf_counter() - window_t)
-                lr = float(optim.current_lr(config.optim, step // accum))
                 bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", img_s=f"{rate:.1f}")
-                writer.write(
+                run.writer.write(
                     step,
                     {
                         "loss": float(metrics["loss"]),
                         "pixel_acc": float(metrics["pixel_acc"]),
-                        "lr": lr,
+                        "lr": float(optim.current_lr(config.optim, step // accum)),
                         "images_per_s": rate,
                     },
                 )
                 window_t, window_n = time.perf_counter(), 0
             val = None
             if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
-                val = evaluate(
-                    config,
-                    model,
-                    state,
-                    mesh,
-                    eval_step,
-                    max_images=config.train.get("eval_max_images", 0),
-                )
-                writer.write(step, {"val_miou": val["miou"], "val_pixel_acc": val["pixel_acc"]})
+                val = validate(run)
+                run.writer.write(step, {"val_miou": val["miou"], "val_pixel_acc": val["pixel_acc"]})
                 tqdm.write(f"step {step}: val mIoU {100 * val['miou']:.2f}")
             if preempt.requested:
-                save(step)
-                ckpt.wait()
+                run.save()
+                run.ckpt.wait()
                 log.warning("preempted: checkpoint %d saved, exiting", step)
-                return {"preempted": True, "step": step}
+                return False
             if step % config.train.checkpoint_every == 0 and step < num_steps:
-                save(step, {"miou": val["miou"]} if val else None)
+                run.save({"miou": val["miou"]} if val else None)
     finally:
         bar.close()
         preempt.restore()
+    return True
 
-    # --- the end: optional BN statistics recompute, final validation, checkpoint, plot ----------
-    num_bn = config.train.get("recompute_bn_batches", 0)
+
+def finish(run: Run) -> dict:
+    """The optional BN-statistics recompute, final validation, last checkpoint, metrics and plot."""
+    config = run.config
+    num_bn = config.train.recompute_bn_batches
     if num_bn:
-        batches = (parallel.global_batch(next(train_iter), mesh) for _ in range(num_bn))
+        batches = (parallel.global_batch(next(run.train_iter), run.mesh) for _ in range(num_bn))
         stats = bn_stats.recompute_batch_stats(
-            model,
-            {"params": state.params, "batch_stats": state.batch_stats},
+            run.model,
+            {"params": run.state.params, "batch_stats": run.state.batch_stats},
             batches,
             num_bn,
             progress=jax.process_index() == 0,
         )
-        state = state.replace(batch_stats=jax.device_put(stats, shardings.batch_stats))
-    final = evaluate(
-        config, model, state, mesh, eval_step, max_images=config.train.get("eval_max_images", 0)
-    )
-    writer.write(step, {"val_miou": final["miou"], "val_pixel_acc": final["pixel_acc"]})
-    if not ckpt.steps() or ckpt.steps()[-1] != step:
-        save(step, {"miou": final["miou"]})
-    ckpt.close()
-    writer.close()
+        run.state = run.state.replace(batch_stats=jax.device_put(stats, run.shardings.batch_stats))
+    final = validate(run)
+    run.writer.write(run.step, {"val_miou": final["miou"], "val_pixel_acc": final["pixel_acc"]})
+    if not run.ckpt.steps() or run.ckpt.steps()[-1] != run.step:
+        run.save({"miou": final["miou"]})
     if jax.process_index() == 0:
-        (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2))
-        viz.plot_training_curves(workdir / "metrics.jsonl", workdir / "curves.png")
-        if train_iter.report():
-            log.warning(train_iter.report())
-    train_iter.close()
+        (run.workdir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+        viz.plot_training_curves(run.workdir / "metrics.jsonl", run.workdir / "curves.png")
+        if run.train_iter.report():
+            log.warning(run.train_iter.report())
     return final
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    """Trains config's model in `workdir` (resuming from its checkpoints).
+
+    Returns:
+      The final validation metrics, or {"preempted": True, "step": step} after a preemption.
+    """
+    run = setup(config, workdir)
+    try:
+        if not train_loop(run):
+            return {"preempted": True, "step": run.step}
+        return finish(run)
+    finally:
+        run.ckpt.close()
+        run.writer.close()
+        run.train_iter.close()

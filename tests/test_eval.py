@@ -24,7 +24,7 @@ from configs import infer as infer_config
 from deconvnet_jax import evaluation, inference
 from deconvnet_jax.data.crops import normalize
 from deconvnet_jax.data.voc import DataError, read_image, voc_palette
-from deconvnet_jax.models.deconvnet import build_model
+from deconvnet_jax.models import build_model
 from deconvnet_jax.proposals import segment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -65,13 +65,12 @@ def make_run(run_dir: pathlib.Path, config, variables) -> pathlib.Path:
     from deconvnet_jax import checkpoint, optim, train_lib
 
     params = variables["params"]
-    tx = optim.make_optimizer(config.optim, params)
+    tx = optim.make_optimizer(config.optim)
     state = train_lib.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=variables["batch_stats"],
         opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.PRNGKey(0)),
     )
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", async_save=False)
     ckpt.save(0, state, {}, {})
@@ -167,12 +166,12 @@ def reference_scores(setup, image_id, boxes):
 
 def test_eval_proposals_matches_numpy_pipeline(setup):
     config = infer_settings(setup)
-    net = evaluation.load_net(
-        config, str(setup["run"]), run_config=evaluation.load_run_config(setup["run"])
-    )
+    net = evaluation.load_net(config, str(setup["run"]))
     predictor = inference.Predictor(net, config.infer)
     out = setup["tmp"] / "out_props"
-    summary = evaluation.evaluate(config, predictor, out, ("DeconvNet",), save_predictions=True)
+    summary = evaluation.Evaluator(config, predictor, ("DeconvNet",)).run(
+        out, save_predictions=True
+    )
 
     conf = np.zeros((21, 21), np.int64)
     for i in ("a", "b"):
@@ -227,9 +226,8 @@ def test_eval_variants_ensemble_and_crf(setup):
     predictor = inference.Predictor(net, config.infer, fcn=fcn)
     variants = evaluation.variants_for(ensemble=True, crf=True)
     assert variants == inference.VARIANTS
-    summary = evaluation.evaluate(
-        config, predictor, setup["tmp"] / "out_var", variants, ensemble.combine, crf.dense_crf
-    )
+    evaluator = evaluation.Evaluator(config, predictor, variants, ensemble.combine, crf.dense_crf)
+    summary = evaluator.run(setup["tmp"] / "out_var")
     want = {v: np.zeros((21, 21), np.int64) for v in variants}
     whole = jax.jit(lambda v, x: setup["model"].apply(v, x, train=False))
     for i in ("a", "b"):
@@ -287,15 +285,13 @@ def test_unreadable_image_reported_by_name(setup, tmp_path, caplog):
     (root / "JPEGImages" / "bad.jpg").write_bytes(b"not a jpeg")
     config = infer_settings(setup, mode="whole")
     config.data.voc_root = str(root)
-    net = evaluation.load_net(
-        config, str(setup["run"]), run_config=evaluation.load_run_config(setup["run"])
-    )
+    net = evaluation.load_net(config, str(setup["run"]))
     predictor = inference.Predictor(net, config.infer)
     with pytest.raises(DataError, match="bad.jpg"):
-        evaluation.evaluate(config, predictor, tmp_path / "strict")
+        evaluation.Evaluator(config, predictor).run(tmp_path / "strict")
     config.data.strict = False
     caplog.set_level(logging.WARNING)
-    summary = evaluation.evaluate(config, predictor, tmp_path / "lenient")
+    summary = evaluation.Evaluator(config, predictor).run(tmp_path / "lenient")
     assert summary["images"] == 1 and summary["skipped"][0][0] == "bad"
     assert "bad.jpg" in summary["skipped"][0][1] and "bad.jpg" in caplog.text
     assert np.array(summary["confusion"]["DeconvNet"]).sum() == np.sum(
@@ -384,8 +380,8 @@ def test_resolve_config_precedence(setup):
     assert merged.data.voc_root == str(setup["root"])  # the run's data
     assert merged.infer.top_k == 7 and merged.infer.aggregate == "mean" and not merged.data.strict
     assert evaluation.load_run_config(setup["tmp"] / "nowhere") is None
-    with pytest.raises(ValueError, match="no weights"):
-        evaluation.load_net(merged)
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        evaluation.load_net(merged, str(setup["tmp"] / "nowhere"))
 
 
 def test_eval_shrinks_large_image_and_scores_at_original_size(setup, tmp_path):
@@ -394,7 +390,9 @@ def test_eval_shrinks_large_image_and_scores_at_original_size(setup, tmp_path):
     config = infer_settings(setup, mode="whole")
     config.data.voc_root = str(root)
     net = inference.Net(lambda v, x: setup["model"].apply(v, x, train=False), setup["variables"])
-    summary = evaluation.evaluate(config, inference.Predictor(net, config.infer), tmp_path / "o")
+    summary = evaluation.Evaluator(config, inference.Predictor(net, config.infer)).run(
+        tmp_path / "o"
+    )
     image = read_image(root / "JPEGImages" / "big.jpg")
     label = np.asarray(Image.open(root / "SegmentationClass" / "big.png"))
     small = cv2.resize(image, (224, 194), interpolation=cv2.INTER_LINEAR)  # 300 -> 224: x 0.7467

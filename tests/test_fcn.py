@@ -10,12 +10,11 @@ import torch
 
 from configs import default as default_config
 from configs import fcn8s as fcn8s_config
-from deconvnet_jax.interop import fcn_weights as fw
-from deconvnet_jax.interop import torch_weights as tw
-from deconvnet_jax.models import fcn
-from deconvnet_jax.models.deconvnet import DeconvNet, build_model, count_params
+from deconvnet_jax.models import build_model, count_params, fcn
+from deconvnet_jax.models.deconvnet import DeconvNet
 from deconvnet_jax.models.fcn import FCN8s, Upsample
-from deconvnet_jax.torch_reference_fcn import FCN8sTorch
+from deconvnet_jax.torch import weights as tw
+from deconvnet_jax.torch.reference import FCN8sTorch
 
 # The FCN-8s layer table (VGG16 convs, fc6/fc7, score and upsampling layers), typed in
 # independently of the model code: (layer, kernel, in, out, has_bias, has_bn).
@@ -171,7 +170,7 @@ def test_parity_with_pytorch_reference_tiny_width(mode):
     model = FCN8s(width_multiplier=wm)
     variables = _random_variables(model, hw)
     ref = FCN8sTorch(width_multiplier=wm)
-    ref.load_flat(fw.fcn_to_torch_state_dict(variables))
+    ref.load_flat(tw.to_torch_state_dict(variables, "fcn8s"))
     x = np.random.default_rng(1).standard_normal((2, *hw, 3)).astype(np.float32) * 50
     if mode == "eval":
         ref.eval()
@@ -195,9 +194,9 @@ def test_parity_with_pytorch_reference_tiny_width(mode):
 def test_weight_round_trip_is_exact_and_bad_keys_are_named():
     model = FCN8s(width_multiplier=1 / 16)
     variables = _random_variables(model, (64, 64))
-    sd = fw.fcn_to_torch_state_dict(variables)
+    sd = tw.to_torch_state_dict(variables, "fcn8s")
     assert "upscore8.bias" not in sd and sd["upscore8.weight"].shape == (21, 21, 16, 16)
-    back = fw.fcn_from_torch_state_dict(sd, variables)
+    back = tw.from_torch_state_dict(sd, variables, "fcn8s")
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, variables)
     ref = FCN8sTorch(width_multiplier=1 / 16)
     ref.load_flat(sd)
@@ -206,12 +205,12 @@ def test_weight_round_trip_is_exact_and_bad_keys_are_named():
     broken = dict(sd)
     del broken["score_pool3.bias"]
     with pytest.raises(KeyError, match="score_pool3.bias"):
-        fw.fcn_from_torch_state_dict(broken, variables, source="x.pth")
+        tw.from_torch_state_dict(broken, variables, "fcn8s", source="x.pth")
     broken = dict(sd, **{"fc7_bn.running_var": np.zeros(3, np.float32)})
     with pytest.raises(ValueError, match="fc7_bn.running_var"):
-        fw.fcn_from_torch_state_dict(broken, variables)
+        tw.from_torch_state_dict(broken, variables, "fcn8s")
     with pytest.raises(KeyError, match="seg_score.weight"):
-        fw.fcn_from_torch_state_dict(dict(sd, **{"seg_score.weight": np.zeros(1)}), variables)
+        tw.from_torch_state_dict(dict(sd, **{"seg_score.weight": np.zeros(1)}), variables, "fcn8s")
 
 
 def test_vgg16_import_fills_the_fcn_encoder():

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from deconvnet_jax.interop import torch_weights as tw
 from deconvnet_jax.models.deconvnet import DeconvNet
-from deconvnet_jax.torch_reference import DeconvNetTorch
+from deconvnet_jax.torch import weights as tw
+from deconvnet_jax.torch.reference import DeconvNetTorch
 
 torch.manual_seed(0)
 
@@ -42,7 +42,7 @@ def _compare(width, batch, hw=(224, 224), modes=("eval", "train"), float64=False
     model = DeconvNet(width_multiplier=width)
     variables = _random_variables(model, hw)
     ref = DeconvNetTorch(width_multiplier=width)
-    ref.load_flat(tw.flax_to_torch_state_dict(variables))
+    ref.load_flat(tw.to_torch_state_dict(variables))
     x = np.random.default_rng(1).standard_normal((batch, *hw, 3)).astype(np.float32)
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     if float64:
@@ -97,13 +97,13 @@ def test_parity_full_width_train_mode():
 def test_round_trips_are_exact():
     model = DeconvNet(width_multiplier=1 / 16)
     variables = jax.device_get(_random_variables(model))
-    sd = tw.flax_to_torch_state_dict(variables)
-    back = tw.torch_state_dict_to_flax(sd, variables)
+    sd = tw.to_torch_state_dict(variables)
+    back = tw.from_torch_state_dict(sd, variables)
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, variables)
     ref = DeconvNetTorch(width_multiplier=1 / 16)
     ref.load_flat(sd)
     sd_torch = {k: v.numpy() for k, v in ref.state_dict_flat().items()}
-    again = tw.flax_to_torch_state_dict(tw.torch_state_dict_to_flax(sd_torch, variables))
+    again = tw.to_torch_state_dict(tw.from_torch_state_dict(sd_torch, variables))
     assert set(again) == set(sd_torch)
     for k in sd_torch:
         np.testing.assert_array_equal(again[k], sd_torch[k], err_msg=k)
@@ -112,22 +112,22 @@ def test_round_trips_are_exact():
 def test_missing_and_misshaped_keys_are_named(tmp_path):
     model = DeconvNet(width_multiplier=1 / 16)
     variables = jax.device_get(_random_variables(model))
-    sd = tw.flax_to_torch_state_dict(variables)
+    sd = tw.to_torch_state_dict(variables)
     broken = dict(sd)
     del broken["deconv3_2.weight"]
     with pytest.raises(KeyError, match="deconv3_2.weight"):
-        tw.torch_state_dict_to_flax(broken, variables)
+        tw.from_torch_state_dict(broken, variables)
     broken = dict(sd)
     broken["conv2_1_bn.running_var"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match="conv2_1_bn.running_var"):
-        tw.torch_state_dict_to_flax(broken, variables)
+        tw.from_torch_state_dict(broken, variables)
     # A real .pth through torch.save / torch.load(weights_only=True)
     torch.save(
         {"state_dict": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}},
         tmp_path / "w.pth",
     )
     loaded = tw.load_torch_checkpoint(tmp_path / "w.pth")
-    back = tw.torch_state_dict_to_flax(loaded, variables)
+    back = tw.from_torch_state_dict(loaded, variables)
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, variables)
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         tw.load_torch_checkpoint(tmp_path / "nope.pth")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
-from deconvnet_jax.models.deconvnet import DeconvNet, build_model, count_params, layer_paths
+from deconvnet_jax.models import build_model, count_params
+from deconvnet_jax.models.deconvnet import DeconvNet, layer_paths
 
 # PAPER.md's network table, typed in independently of the model code: (layer, kernel, in, out).
 PAPER_LAYERS = [

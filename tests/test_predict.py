@@ -17,7 +17,7 @@ from configs import infer as infer_config
 from deconvnet_jax import inference, prediction
 from deconvnet_jax.data.crops import normalize
 from deconvnet_jax.data.voc import voc_palette
-from deconvnet_jax.models.deconvnet import build_model
+from deconvnet_jax.models import build_model
 from deconvnet_jax.proposals import segment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -12,13 +12,12 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import demo
 from deconvnet_jax import checkpoint, optim, parallel, train_lib
-from deconvnet_jax.models.deconvnet import build_model
+from deconvnet_jax.models import build_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -159,9 +158,8 @@ def _tiny_state(mesh):
     config = _config("")
     model = build_model(config.model)
     shape = (1, 224, 224, 3)
-    pshapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))["params"]
     config.optim.name, config.optim.accum_steps = "sgd", 2
-    tx = optim.make_optimizer(config.optim, pshapes)
+    tx = optim.make_optimizer(config.optim)
     init = functools.partial(train_lib.create_train_state, model, tx, 3, shape)
     shardings = parallel.state_shardings(jax.eval_shape(init), mesh)
     return model, tx, jax.jit(init, out_shardings=shardings)(), shardings

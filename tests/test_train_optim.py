@@ -38,7 +38,7 @@ def test_groups():
 def test_first_update_decay_and_bias_lr():
     cfg = _config(momentum=0.9, weight_decay=5e-4, lr=0.01, bias_lr_mult=2.0)
     params = _params()
-    tx = optim.make_optimizer(cfg, params)
+    tx = optim.make_optimizer(cfg)
     grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.5), params)
     updates, _ = tx.update(grads, tx.init(params), params)
     u = jax.tree_util.tree_map(lambda a: float(a.ravel()[0]), updates)
@@ -54,7 +54,7 @@ def test_first_update_decay_and_bias_lr():
 def test_momentum_matches_numpy_loop():
     cfg = _config(momentum=0.9, weight_decay=0.0, lr=0.1, bias_lr_mult=1.0)
     params = {"m": {"kernel": jnp.zeros((2,))}}
-    tx = optim.make_optimizer(cfg, params)
+    tx = optim.make_optimizer(cfg)
     state = tx.init(params)
     trace, p = np.zeros(2), np.zeros(2)
     for k in range(4):
@@ -76,7 +76,7 @@ def test_accumulation_applies_every_k():
     cfg = _config(momentum=0.0, weight_decay=0.0, lr=1.0, bias_lr_mult=1.0, accum_steps=4)
     cfg.momentum = 0.0
     params = {"m": {"kernel": jnp.zeros((1,))}}
-    tx = optim.make_optimizer(cfg, params)
+    tx = optim.make_optimizer(cfg)
     state = tx.init(params)
     seen = []
     for g in (1.0, 2.0, 3.0, 6.0):

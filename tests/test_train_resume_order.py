@@ -12,8 +12,8 @@ import torch
 
 from configs import default
 from deconvnet_jax import checkpoint, optim, parallel, train_lib
-from deconvnet_jax.interop import fcn_weights, torch_weights
-from deconvnet_jax.models.deconvnet import build_model
+from deconvnet_jax.models import build_model
+from deconvnet_jax.torch import weights as torch_weights
 
 
 def _setup(name="deconvnet"):
@@ -24,8 +24,7 @@ def _setup(name="deconvnet"):
     mesh = parallel.make_mesh(config.mesh)
     model = build_model(config.model)
     shape = (1, 224, 224, 3)
-    pshapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))["params"]
-    tx = optim.make_optimizer(config.optim, pshapes)
+    tx = optim.make_optimizer(config.optim)
     init = functools.partial(train_lib.create_train_state, model, tx, 0, shape)
     shapes = jax.eval_shape(init)
     shardings = parallel.state_shardings(shapes, mesh)
@@ -141,12 +140,8 @@ def test_init_from_full_model_pth(tmp_path, name):
     fresh = jax.device_get(init())
     target = jax.tree_util.tree_map(lambda p: p + 0.5, fresh.params)
     variables = {"params": target, "batch_stats": fresh.batch_stats}
-    to_torch = (
-        fcn_weights.fcn_to_torch_state_dict
-        if name == "fcn8s"
-        else torch_weights.flax_to_torch_state_dict
-    )
-    sd = {k: torch.from_numpy(np.array(v)) for k, v in to_torch(variables).items()}
+    sd = torch_weights.to_torch_state_dict(variables, name)
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}
     torch.save(sd, tmp_path / "model.pth")
     config.init_from = str(tmp_path / "model.pth")
     ckpt = checkpoint.Checkpointer(tmp_path / "w", async_save=False)

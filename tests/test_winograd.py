@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from deconvnet_jax.models import winograd
-from deconvnet_jax.models.deconvnet import Deconv, DeconvNet
+from deconvnet_jax.models.deconvnet import DeconvNet
 from deconvnet_jax.models.fcn import FCN8s
+from deconvnet_jax.models.layers import Deconv
 
 
 def _numpy_correlation(x: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ dropout; the upsampling kernels are learned (initialised to bilinear on the clas
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,13 +38,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deconvnet_jax.models.deconvnet import (
+from deconvnet_jax.models.layers import (
     ENCODER,
     FC,
-    EncoderBlock,
-    _Layers,
-    layer_options,
-    model_kwargs,
+    ModuleDef,
+    conv_bn_relu,
+    factories,
     scaled,
 )
 
@@ -64,7 +64,7 @@ def fcn_layer_paths() -> dict[str, tuple[str, ...]]:
     for block, layers, _ in ENCODER:
         for layer in layers:
             paths[layer] = (block, layer)
-    for layer, _, _ in FC[:2]:  # fc6, fc7
+    for layer, _, _ in FC:  # fc6, fc7
         paths[layer] = ("fc", layer)
     for layer in SCORES + tuple(name for name, _, _ in UPSAMPLERS):
         paths[layer] = (layer,)
@@ -115,19 +115,20 @@ class Upsample(nn.Module):
     bias_term false, torch ConvTranspose2d(bias=False)): [B, n, m, I] -> [B, (n-1)s+k, (m-1)s+k, O].
 
     The kernel is stored [k, k, in, out] with ``kernel[y, x, i, o] == torch_weight[i, o, y, x]``
-    (the same convention as deconvnet.Deconv) and starts as bilinear upsampling.
+    (the same convention as layers.Deconv) and starts as bilinear upsampling.
     """
 
     features: int
     kernel_size: int
     stride: int
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, s = self.kernel_size, self.stride
         shape = (k, k, x.shape[-1], self.features)
-        kernel = self.param("kernel", bilinear_init, shape, jnp.float32)
+        kernel = self.param("kernel", bilinear_init, shape, self.param_dtype)
         # A transposed conv is a correlation with the flipped kernel over the input dilated by s
         # and padded by k - 1.
         return jax.lax.conv_general_dilated(
@@ -140,33 +141,41 @@ class Upsample(nn.Module):
         )
 
 
-class FCNEncoderBlock(EncoderBlock):
-    """EncoderBlock's convs (same names and parameters), FCN's pooling (ceil mode, no switches).
+class FCNEncoderBlock(nn.Module):
+    """DeconvNet's encoder convs (same names and parameters), FCN's pooling (ceil mode, no
+    switches).
 
     Attributes:
       first_pad: padding of the block's first 3x3 conv (FCN_PAD for conv1_1, else 1).
     """
 
+    layers: Sequence[str]
+    features: Sequence[int]
+    conv: ModuleDef
+    norm: ModuleDef
     first_pad: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         for i, (name, feats) in enumerate(zip(self.layers, self.features)):
-            p = self.first_pad if i == 0 else 1
-            x = self.bn_relu(self.conv(x, name, feats, 3, ((p, p), (p, p))), name, train)
+            x = conv_bn_relu(
+                x, self.conv, self.norm, name, feats, 3, self.first_pad if i == 0 else 1
+            )
         return max_pool_ceil(x)
 
 
-class FCNFCBlock(_Layers):
+class FCNFCBlock(nn.Module):
     """fc6 (7x7 valid conv) and fc7 (1x1 conv), each + BN + ReLU (no dropout)."""
 
-    features: Sequence[int] = ()
+    features: Sequence[int]
+    conv: ModuleDef
+    norm: ModuleDef
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        f6, f7 = self.features
-        x = self.bn_relu(self.conv(x, "fc6", f6, 7, "VALID"), "fc6", train)
-        return self.bn_relu(self.conv(x, "fc7", f7, 1, "VALID"), "fc7", train)
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for (name, kernel, _), feats in zip(FC, self.features):
+            x = conv_bn_relu(x, self.conv, self.norm, name, feats, kernel, "VALID")
+        return x
 
 
 class FCN8s(nn.Module):
@@ -175,7 +184,7 @@ class FCN8s(nn.Module):
     Attributes:
       num_classes: output classes (21 for VOC).
       width_multiplier: scales the encoder and fc6/fc7 channels (not the class maps).
-      dtype: compute dtype; parameters are always float32.
+      dtype: compute dtype; param_dtype: parameter dtype (float32).
       remat: rematerialise each encoder block and the fc block in the backward pass.
       bn_momentum / bn_epsilon / bn_bias_init / conv_impl: as in DeconvNet.
     """
@@ -183,21 +192,12 @@ class FCN8s(nn.Module):
     num_classes: int = 21
     width_multiplier: float = 1.0
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
     remat: bool = False
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_bias_init: float = 0.001
     conv_impl: str = "auto"
-
-    def _score(self, x: jax.Array, name: str) -> jax.Array:
-        return nn.Conv(
-            self.num_classes,
-            (1, 1),
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=SCORE_INIT,
-            name=name,
-        )(x)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -205,38 +205,28 @@ class FCN8s(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"FCN8s expects [B, H, W, C] input, got shape {x.shape}")
         h, w = x.shape[1], x.shape[2]
-        common = layer_options(self)
-        wm = self.width_multiplier
-        enc_cls = nn.remat(FCNEncoderBlock, static_argnums=(2,)) if self.remat else FCNEncoderBlock
-        fc_cls = nn.remat(FCNFCBlock, static_argnums=(2,)) if self.remat else FCNFCBlock
+        conv, _, norm = factories(self, train)
+        width = lambda feats: [scaled(f, self.width_multiplier) for f in feats]  # noqa: E731
+        remat = nn.remat if self.remat else lambda cls: cls
+        score = functools.partial(conv, self.num_classes, 1, "VALID", kernel_init=SCORE_INIT)
+        upsample = functools.partial(Upsample, dtype=self.dtype, param_dtype=self.param_dtype)
 
         x = x.astype(self.dtype)
         pools = []
         for i, (block, layers, feats) in enumerate(ENCODER):
-            x = enc_cls(
-                layers=layers,
-                features=[scaled(f, wm) for f in feats],
-                first_pad=FCN_PAD if i == 0 else 1,
-                name=block,
-                **common,
-            )(x, train)
+            pad = FCN_PAD if i == 0 else 1
+            x = remat(FCNEncoderBlock)(layers, width(feats), conv, norm, pad, name=block)(x)
             pools.append(x)
         pool3, pool4 = pools[2], pools[3]  # [B, H/8 + 25, ...], [B, H/16 + 13, ...] for H = 32k
-        x = fc_cls(features=[scaled(c, wm) for _, _, c in FC[:2]], name="fc", **common)(x, train)
+        x = remat(FCNFCBlock)(width([c for _, _, c in FC]), conv, norm, name="fc")(x)
 
         (up2, k2, s2), (up4, k4, s4), (up8, k8, s8) = UPSAMPLERS
         nc = self.num_classes
-        y = Upsample(nc, k2, s2, dtype=self.dtype, name=up2)(self._score(x, "score_fr"))
-        y = y + crop(self._score(pool4, "score_pool4"), CROP_POOL4, y.shape[1:3])
-        y = Upsample(nc, k4, s4, dtype=self.dtype, name=up4)(y)
-        y = y + crop(self._score(pool3, "score_pool3"), CROP_POOL3, y.shape[1:3])
-        y = Upsample(nc, k8, s8, dtype=self.dtype, name=up8)(y)
+        y = upsample(nc, k2, s2, name=up2)(score(name="score_fr")(x))
+        y = y + crop(score(name="score_pool4")(pool4), CROP_POOL4, y.shape[1:3])
+        y = upsample(nc, k4, s4, name=up4)(y)
+        y = y + crop(score(name="score_pool3")(pool3), CROP_POOL3, y.shape[1:3])
+        y = upsample(nc, k8, s8, name=up8)(y)
         y = crop(y, CROP_SCORE, (h, w))  # [B, H, W, C]
         # float32 logits (float64 when asked for, as in DeconvNet).
         return y.astype(jnp.promote_types(self.dtype, jnp.float32))
-
-
-def build_fcn(model_config) -> FCN8s:
-    """Builds FCN8s from a ``config.model`` ConfigDict (configs/fcn8s.py); what
-    ``deconvnet.build_model`` returns for ``config.model.name == 'fcn8s'``."""
-    return FCN8s(**model_kwargs(model_config))
