@@ -28,7 +28,7 @@ def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
     logging.getLogger("deconvnet_jax").setLevel(logging.INFO)
-    from deconvnet_jax import parallel, trainer  # noqa: PLC0415  (after flags: fast --help)
+    from deconvnet_jax import parallel, trainer  # after flags: fast --help
 
     parallel.init_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     final = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)

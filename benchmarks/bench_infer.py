@@ -76,7 +76,7 @@ def main() -> None:
     )
     t0 = time.perf_counter()
     variables = jax.jit(
-        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, args.size, args.size, 3)))
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, args.size, args.size, 3)))
     )()
     jax.block_until_ready(variables)
     init_s = time.perf_counter() - t0

@@ -36,7 +36,7 @@ CROP = segment.CROP_SIZE
 def random_variables(model, seed: int = 0):
     """He-normal random weights and random BN statistics built in NumPy (no slow flax init)."""
     rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, CROP, CROP, 3)))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, CROP, CROP, 3)))
 
     def leaf(path, s):
         name = path[-1].key
@@ -49,7 +49,7 @@ def random_variables(model, seed: int = 0):
             return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
         return rng.normal(0, 0.1, s.shape).astype(np.float32)
 
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
+    return jax.tree.map_with_path(leaf, shapes)
 
 
 def make_boxes(k: int, h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -125,9 +125,9 @@ def jax_memory(args) -> dict:
 
 
 def _torch_model(args, state_dict):
-    import torch  # noqa: PLC0415
+    import torch
 
-    from deconvnet_jax.torch.reference import DeconvNetTorch  # noqa: PLC0415
+    from deconvnet_jax.torch.reference import DeconvNetTorch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = DeconvNetTorch(width_multiplier=args.width).to(device).train()
@@ -139,7 +139,7 @@ def _torch_model(args, state_dict):
 
 
 def torch_step_fn(args, model, device, batch: int, compiled: bool):
-    import torch  # noqa: PLC0415
+    import torch
 
     decay = [p for n, p in model.named_parameters() if n.endswith("weight") and "_bn" not in n]
     rest = [p for n, p in model.named_parameters() if not (n.endswith("weight") and "_bn" not in n)]
@@ -208,7 +208,7 @@ def largest_batch(try_batch, start: int, limit: int) -> int:
 
 
 def max_batches(args) -> dict:
-    import torch  # noqa: PLC0415
+    import torch
 
     def jax_try(b, remat):
         a = argparse.Namespace(**{**vars(args), "remat": remat})
@@ -239,11 +239,11 @@ def main() -> None:
     parser.add_argument("--max_batch_limit", type=int, default=1024)
     args = parser.parse_args()
 
-    from deconvnet_jax.torch.weights import to_torch_state_dict  # noqa: PLC0415
+    from deconvnet_jax.torch.weights import to_torch_state_dict
 
     model = DeconvNet(width_multiplier=args.width)
     variables = jax.jit(
-        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, args.size, args.size, 3)))
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, args.size, args.size, 3)))
     )()
     state_dict = to_torch_state_dict(jax.device_get(variables))
     del variables

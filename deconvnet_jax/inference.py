@@ -119,7 +119,7 @@ class Predictor:
             net.apply,
             int(infer_config.chunk_size),
             infer_config.aggregate,
-            infer_config.get("resize_impl", "gather"),
+            infer_config.resize_impl,
         )
         self._whole = segment.make_whole_image_fn(net.apply)
         self._fcn_whole = segment.make_whole_image_fn(fcn.apply) if fcn else None

@@ -100,7 +100,7 @@ def leaf_spec(path, shape, fsdp_size: int, shard_all: bool) -> P:
 def state_shardings(abstract_state: Any, mesh: Mesh, shard_all: bool = False) -> Any:
     """NamedShardings for every leaf of a (abstract) train state."""
     fsdp = mesh.shape["fsdp"]
-    return jax.tree_util.tree_map_with_path(
+    return jax.tree.map_with_path(
         lambda path, leaf: NamedSharding(mesh, leaf_spec(path, leaf.shape, fsdp, shard_all)),
         abstract_state,
     )

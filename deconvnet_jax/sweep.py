@@ -50,18 +50,19 @@ def run_name(overrides: dict[str, Any]) -> str:
 
 
 def apply_overrides(config, overrides: dict[str, Any]):
-    """A copy of `config` with dotted-key overrides set (unknown keys are an error)."""
+    """A locked copy of `config` with dotted-key overrides set.
+
+    Raises:
+      KeyError naming the override when the field does not exist or the value has the wrong type.
+    """
     config = copy.deepcopy(config)
+    config.lock()
     for key, value in overrides.items():
-        node = config
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if p not in node:
-                raise KeyError(f"sweep override {key!r}: config has no field {p!r}")
-            node = node[p]
-        if parts[-1] not in node:
-            raise KeyError(f"sweep override {key!r}: config has no field {parts[-1]!r}")
-        node[parts[-1]] = value
+        try:
+            config.update_from_flattened_dict({key: value})
+        except (KeyError, TypeError, AttributeError) as e:
+            reason = "no such field" if isinstance(e, (KeyError, AttributeError)) else str(e)
+            raise KeyError(f"sweep override {key!r}: {reason}") from None
     return config
 
 
@@ -93,7 +94,7 @@ def run_sweep(
       One row per run: name, overrides, status, final metrics.
     """
     if train_fn is None:
-        from deconvnet_jax import trainer  # noqa: PLC0415
+        from deconvnet_jax import trainer  # heavy (jax, orbax): only when running
 
         train_fn = trainer.train_and_evaluate
     workdir = pathlib.Path(workdir)
@@ -198,8 +199,8 @@ def write_table(rows: list[dict[str, Any]], workdir) -> None:
 
 
 def main(argv=None) -> None:
-    from absl import app, flags  # noqa: PLC0415
-    from ml_collections import config_flags  # noqa: PLC0415
+    from absl import app, flags
+    from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Base config file.", lock_config=True)
     flags.DEFINE_string("sweep", None, "Sweep file with get_sweep() yielding override dicts.")
@@ -208,7 +209,7 @@ def main(argv=None) -> None:
 
     def _main(argv):
         del argv
-        from absl import logging as absl_logging  # noqa: PLC0415
+        from absl import logging as absl_logging
 
         absl_logging.set_verbosity(absl_logging.WARNING)
         logging.getLogger("deconvnet_jax").setLevel(logging.INFO)

@@ -13,10 +13,10 @@ from deconvnet_jax.data.voc import voc_palette
 
 def plot_training_curves(metrics_jsonl, out_png) -> pathlib.Path | None:
     """Loss and validation-mIoU curves of a metrics.jsonl, saved as a PNG."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     path = pathlib.Path(metrics_jsonl)
     if not path.is_file():

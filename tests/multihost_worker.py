@@ -28,7 +28,7 @@ def main() -> None:
     # init_distributed also selects gloo CPU collectives (JAX_PLATFORMS=cpu)
     parallel.init_distributed(f"127.0.0.1:{port}", nproc, pid)
     assert jax.process_count() == nproc and jax.device_count() == 4 * nproc, jax.devices()
-    from test_train_parallel import _batches, _setup  # noqa: PLC0415
+    from test_train_parallel import _batches, _setup
 
     mesh, state, step, _ = _setup(jax.device_count(), 1)
     losses = []
@@ -39,7 +39,7 @@ def main() -> None:
         state, metrics = step(state, parallel.global_batch(local, mesh))
         losses.append(float(metrics["loss"]))
     leaves = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(
+    for path, leaf in jax.tree.leaves_with_path(
         {"params": state.params, "batch_stats": state.batch_stats}
     ):
         leaves[jax.tree_util.keystr(path)] = np.asarray(leaf.addressable_shards[0].data)

@@ -183,8 +183,8 @@ def test_online_path_checks_md5_and_extracts(tmp_path, monkeypatch):
 
 
 def test_train_loader_reads_the_same_crops_from_tfds(tmp_path):
-    from configs.default import get_config  # noqa: PLC0415
-    from deconvnet_jax.data import loader  # noqa: PLC0415
+    from configs.default import get_config
+    from deconvnet_jax.data import loader
 
     make_voc_tree(tmp_path / "manual" / "VOC2012", num_train=5, num_val=1, size=64)
     tfds_voc.prepare(tmp_path / "tfds", manual_dir=tmp_path / "manual")

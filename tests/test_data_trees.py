@@ -57,7 +57,7 @@ def make_grey_tree(root: pathlib.Path, n: int, size: int = 24) -> pathlib.Path:
 
 def grey_index(image: np.ndarray) -> int:
     """Which grey-tree example a (caffe_bgr-normalised) crop came from."""
-    from deconvnet_jax.data.crops import CAFFE_BGR_MEAN  # noqa: PLC0415
+    from deconvnet_jax.data.crops import CAFFE_BGR_MEAN
 
     value = float(np.mean(image[..., 0] + CAFFE_BGR_MEAN[0]))  # B channel back to 0..255
     return round((value - 5) / 10)

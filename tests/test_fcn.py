@@ -40,7 +40,7 @@ def table_param_count() -> int:
 
 def _shapes(model, hw=(224, 224), batch=1):
     return jax.eval_shape(
-        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((batch, *hw, 3)), train=False)
+        lambda: model.init(jax.random.key(0), jnp.zeros((batch, *hw, 3)), train=False)
     )
 
 
@@ -58,7 +58,7 @@ def _random_variables(model, hw=(224, 224), seed=0):
             return rng.uniform(0.5, 1.5, x.shape).astype(np.float32)
         return rng.normal(0, 0.1, x.shape).astype(np.float32)
 
-    return jax.tree_util.tree_map_with_path(perturb, variables)
+    return jax.tree.map_with_path(perturb, variables)
 
 
 def _rel_err(a, b):
@@ -85,8 +85,8 @@ def test_encoder_and_fc_share_deconvnet_paths_and_shapes():
     ours = _shapes(FCN8s(width_multiplier=wm))
     theirs = _shapes(DeconvNet(width_multiplier=wm))
     for coll in ("params", "batch_stats"):
-        flat_ours = jax.tree_util.tree_flatten_with_path(ours[coll])[0]
-        theirs_flat = dict(jax.tree_util.tree_flatten_with_path(theirs[coll])[0])
+        flat_ours = jax.tree.flatten_with_path(ours[coll])[0]
+        theirs_flat = dict(jax.tree.flatten_with_path(theirs[coll])[0])
         shared = [
             (p, v)
             for p, v in flat_ours
@@ -149,7 +149,7 @@ def test_upsampling_starts_bilinear():
         x = np.broadcast_to(np.arange(6.0, dtype=np.float32)[None, :, None, None], (1, 6, 5, 3))
         x = x + 10 * np.arange(3, dtype=np.float32)  # one ramp per channel
         up = Upsample(3, k, s)
-        v = up.init(jax.random.PRNGKey(0), x)
+        v = up.init(jax.random.key(0), x)
         y = np.asarray(up.apply(v, x))
         assert y.shape == (1, 5 * s + k, 4 * s + k, 3)
         # output z samples input coordinate (z - (k-1)/2) / s: linear interpolation of the ramp
@@ -197,7 +197,7 @@ def test_weight_round_trip_is_exact_and_bad_keys_are_named():
     sd = tw.to_torch_state_dict(variables, "fcn8s")
     assert "upscore8.bias" not in sd and sd["upscore8.weight"].shape == (21, 21, 16, 16)
     back = tw.from_torch_state_dict(sd, variables, "fcn8s")
-    jax.tree_util.tree_map(np.testing.assert_array_equal, back, variables)
+    jax.tree.map(np.testing.assert_array_equal, back, variables)
     ref = FCN8sTorch(width_multiplier=1 / 16)
     ref.load_flat(sd)
     sd_torch = {k: v.numpy() for k, v in ref.state_dict_flat().items()}
@@ -279,8 +279,8 @@ def test_remat_gives_the_same_gradients():
         grads.append(jax.device_get(jax.jit(jax.grad(loss))(variables["params"])))
     # Tolerance relative to the largest gradient: the conv biases that feed a BN have zero
     # gradient mathematically, so theirs are float32 rounding noise of that scale.
-    scale = max(np.abs(g).max() for g in jax.tree_util.tree_leaves(grads[0]))
+    scale = max(np.abs(g).max() for g in jax.tree.leaves(grads[0]))
     assert scale > 0
-    jax.tree_util.tree_map(
+    jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale), *grads
     )

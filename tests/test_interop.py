@@ -15,7 +15,7 @@ torch.manual_seed(0)
 
 
 def _random_variables(model, hw=(224, 224), seed=0):
-    variables = jax.jit(lambda: model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *hw, 3))))()
+    variables = jax.jit(lambda: model.init(jax.random.key(seed), jnp.zeros((1, *hw, 3))))()
     rng = np.random.default_rng(seed)
 
     def perturb(path, x):  # He-scaled kernels, random biases, BN parameters and statistics
@@ -31,7 +31,7 @@ def _random_variables(model, hw=(224, 224), seed=0):
             return jnp.asarray(rng.normal(0, 0.1, x.shape), jnp.float32)
         return x
 
-    return jax.tree_util.tree_map_with_path(perturb, variables)
+    return jax.tree.map_with_path(perturb, variables)
 
 
 def _rel_err(a, b):
@@ -48,7 +48,7 @@ def _compare(width, batch, hw=(224, 224), modes=("eval", "train"), float64=False
     if float64:
         with jax.enable_x64(True):
             model = DeconvNet(width_multiplier=width, dtype=jnp.float64)
-            variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables)
+            variables = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
             x = x.astype(np.float64)
             ref, xt = ref.double(), xt.double()
             return _compare_modes(model, variables, ref, x, xt, modes, tol)
@@ -99,7 +99,7 @@ def test_round_trips_are_exact():
     variables = jax.device_get(_random_variables(model))
     sd = tw.to_torch_state_dict(variables)
     back = tw.from_torch_state_dict(sd, variables)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, back, variables)
+    jax.tree.map(np.testing.assert_array_equal, back, variables)
     ref = DeconvNetTorch(width_multiplier=1 / 16)
     ref.load_flat(sd)
     sd_torch = {k: v.numpy() for k, v in ref.state_dict_flat().items()}
@@ -128,7 +128,7 @@ def test_missing_and_misshaped_keys_are_named(tmp_path):
     )
     loaded = tw.load_torch_checkpoint(tmp_path / "w.pth")
     back = tw.from_torch_state_dict(loaded, variables)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, back, variables)
+    jax.tree.map(np.testing.assert_array_equal, back, variables)
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         tw.load_torch_checkpoint(tmp_path / "nope.pth")
 
@@ -177,7 +177,7 @@ def _torchvision_vgg16(bn: bool):
 def full_model():
     model = DeconvNet()
     return model, jax.device_get(
-        jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))()
+        jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))()
     )
 
 
@@ -190,7 +190,7 @@ def test_vgg16_import_reproduces_feature_maps(full_model, bn):
         not bn
     ):  # plain VGG: make the Flax BN layers exact identities (scale 1, shift 0, var 1 - eps)
         eps = model.bn_epsilon
-        variables = jax.tree_util.tree_map_with_path(
+        variables = jax.tree.map_with_path(
             lambda p, x: (
                 np.ones_like(x)
                 if "scale" in jax.tree_util.keystr(p)

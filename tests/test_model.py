@@ -37,7 +37,7 @@ def paper_param_count() -> int:
 
 def _shapes(model, hw=(224, 224), batch=1):
     return jax.eval_shape(
-        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((batch, *hw, 3)), train=False)
+        lambda: model.init(jax.random.key(0), jnp.zeros((batch, *hw, 3)), train=False)
     )
 
 
@@ -86,7 +86,7 @@ def test_too_small_input_is_a_clear_error():
 def tiny():
     model = DeconvNet(width_multiplier=1 / 16)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 224, 256, 3)), jnp.float32)
-    variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
     return model, variables, x
 
 
@@ -104,9 +104,9 @@ def test_train_mode_updates_batch_stats_eval_does_not(tiny):
         np.asarray(new_mean), 0.1 * np.asarray(conv_out).mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
     )
     # Eval mode: no batch_stats update requested, and its output uses the running statistics.
-    before = jax.tree_util.tree_map(np.asarray, variables["batch_stats"])
+    before = jax.tree.map(np.asarray, variables["batch_stats"])
     eval_out, eval_state = model.apply(variables, x, train=False, mutable=["batch_stats"])
-    jax.tree_util.tree_map(np.testing.assert_array_equal, before, eval_state["batch_stats"])
+    jax.tree.map(np.testing.assert_array_equal, before, eval_state["batch_stats"])
     assert not np.allclose(np.asarray(eval_out), np.asarray(logits))
 
 
@@ -134,7 +134,7 @@ def test_remat_and_unpool_impls_give_identical_gradients(tiny):
     ):
         loss, g = grads(model)
         assert np.isclose(float(loss), float(base_loss), rtol=1e-6)
-        jax.tree_util.tree_map(
+        jax.tree.map(
             lambda a, b: np.testing.assert_allclose(
                 np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6
             ),
@@ -149,7 +149,7 @@ def test_bfloat16_compute_keeps_float32_params():
     config.model.dtype = "bfloat16"
     model = build_model(config.model)
     variables = _shapes(model)
-    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype("float32")}
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
     _, inter = jax.eval_shape(
         lambda v: model.apply(
             v, jnp.zeros((1, 224, 224, 3)), train=False, capture_intermediates=True

@@ -144,7 +144,7 @@ def random_variables(model, seed: int = 0) -> dict:
     """Random weights of the model's shapes (He-normal kernels, random BN statistics), built in
     NumPy from jax.eval_shape: O(1) logits of both signs, and no slow flax init."""
     rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, S, S, 3)))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, S, S, 3)))
 
     def leaf(path, s):
         name = path[-1].key
@@ -156,7 +156,7 @@ def random_variables(model, seed: int = 0) -> dict:
             return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
         return rng.normal(0, 0.1, s.shape).astype(np.float32)  # bias, BN shift, BN mean
 
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
+    return jax.tree.map_with_path(leaf, shapes)
 
 
 @pytest.fixture(scope="module")

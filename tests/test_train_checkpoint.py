@@ -80,7 +80,7 @@ def _params(workdir, cache):
 
 
 def _assert_bitwise(a, b):
-    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +182,8 @@ def test_round_trip_every_leaf(tmp_path):
     restored, data, _, at = ckpt.restore_latest(abstract)
     ckpt.close()
     assert at == 1 and data == {"grain": {"next_index": 5}}
-    flat = jax.tree_util.tree_leaves_with_path(jax.device_get(state))
-    back = jax.tree_util.tree_leaves(jax.device_get(restored))
+    flat = jax.tree.leaves_with_path(jax.device_get(state))
+    back = jax.tree.leaves(jax.device_get(restored))
     assert len(flat) == len(back) > 100
     for (path, a), b in zip(flat, back):
         assert np.asarray(a).dtype == np.asarray(b).dtype, path

@@ -59,7 +59,7 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path):
     ref_losses, ref_state = _run(8, 1)
     ref = {
         jax.tree_util.keystr(path): np.asarray(leaf)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(
+        for path, leaf in jax.tree.leaves_with_path(
             {"params": ref_state.params, "batch_stats": ref_state.batch_stats}
         )
     }

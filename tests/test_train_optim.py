@@ -39,9 +39,9 @@ def test_first_update_decay_and_bias_lr():
     cfg = _config(momentum=0.9, weight_decay=5e-4, lr=0.01, bias_lr_mult=2.0)
     params = _params()
     tx = optim.make_optimizer(cfg)
-    grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.5), params)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
     updates, _ = tx.update(grads, tx.init(params), params)
-    u = jax.tree_util.tree_map(lambda a: float(a.ravel()[0]), updates)
+    u = jax.tree.map(lambda a: float(a.ravel()[0]), updates)
     # kernels: -lr * (g + wd * w); biases: -2 lr * g (no decay); BN: -lr * g (no decay)
     np.testing.assert_allclose(
         u["block1"]["conv1_1"]["kernel"], -0.01 * (0.5 + 5e-4 * 1.0), rtol=1e-6

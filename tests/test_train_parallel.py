@@ -72,7 +72,7 @@ def test_same_steps_on_1_8_and_4x2_devices():
     for data, fsdp in ((8, 1), (4, 2)):
         losses, state = _run(data, fsdp)
         np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-        jax.tree_util.tree_map(
+        jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
             state.params,
             ref.params,
@@ -80,7 +80,7 @@ def test_same_steps_on_1_8_and_4x2_devices():
         # BN running statistics are global: equal to the single-device ones (variances carry
         # float32 reduction-order noise of ~2e-5 relative; per-device statistics over 1 image
         # instead of 8 would differ by orders of magnitude more).
-        jax.tree_util.tree_map(
+        jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
             state.batch_stats,
             ref.batch_stats,

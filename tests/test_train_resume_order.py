@@ -36,8 +36,8 @@ def _shifted(state, delta, step):
     """A state whose params, momentum and step differ recognisably from `state`'s."""
     return state.replace(
         step=jnp.asarray(step, jnp.int32),
-        params=jax.tree_util.tree_map(lambda p: p + delta, state.params),
-        opt_state=jax.tree_util.tree_map(
+        params=jax.tree.map(lambda p: p + delta, state.params),
+        opt_state=jax.tree.map(
             lambda o: o + delta if jnp.issubdtype(o.dtype, jnp.floating) else o, state.opt_state
         ),
     )
@@ -50,7 +50,7 @@ def _save(directory, state, step, metrics=None):
 
 
 def _first(tree):
-    return np.asarray(jax.tree_util.tree_leaves(tree)[0])
+    return np.asarray(jax.tree.leaves(tree)[0])
 
 
 def test_resume_order(tmp_path):
@@ -138,7 +138,7 @@ def test_init_from_torchvision_vgg16_pth(tmp_path):
 def test_init_from_full_model_pth(tmp_path, name):
     config, init, abstract = _setup(name)
     fresh = jax.device_get(init())
-    target = jax.tree_util.tree_map(lambda p: p + 0.5, fresh.params)
+    target = jax.tree.map(lambda p: p + 0.5, fresh.params)
     variables = {"params": target, "batch_stats": fresh.batch_stats}
     sd = torch_weights.to_torch_state_dict(variables, name)
     sd = {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}
@@ -147,7 +147,7 @@ def test_init_from_full_model_pth(tmp_path, name):
     ckpt = checkpoint.Checkpointer(tmp_path / "w", async_save=False)
     state, _, _ = checkpoint.restore_or_init(config, ckpt, abstract, init)
     ckpt.close()
-    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state.params), target)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), target)
 
 
 def test_keeps_last_n_plus_best(tmp_path):

@@ -70,7 +70,7 @@ def test_deconv_layer_matches_torch_conv_transpose():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 8, 9, 4)).astype(np.float32)
     layer = Deconv(6, 3, 1, conv_impl="winograd")
-    variables = layer.init(jax.random.PRNGKey(0), jnp.asarray(x))
+    variables = layer.init(jax.random.key(0), jnp.asarray(x))
     kernel = np.asarray(variables["params"]["kernel"])  # [y, x, in, out] == torch [in, out, y, x]
     bias = np.asarray(variables["params"]["bias"])
     want = F.conv_transpose2d(
@@ -109,7 +109,7 @@ def test_networks_agree_with_direct(train):
         for cls in (DeconvNet, FCN8s):
             direct = cls(width_multiplier=1 / 16, conv_impl="direct", dtype=jnp.float64)
             wino = cls(width_multiplier=1 / 16, conv_impl="winograd", dtype=jnp.float64)
-            variables = jax.jit(lambda k, m=direct: m.init(k, x[:1]))(jax.random.PRNGKey(0))
+            variables = jax.jit(lambda k, m=direct: m.init(k, x[:1]))(jax.random.key(0))
             kw = dict(train=True, mutable=["batch_stats"]) if train else dict(train=False)
             a = jax.jit(lambda v, m=direct: m.apply(v, x, **kw))(variables)
             b = jax.jit(lambda v, m=wino: m.apply(v, x, **kw))(variables)

@@ -27,7 +27,7 @@ normalize = crops.normalize  # re-exported: inference uses the same normalisatio
 
 def _process(process_index, process_count) -> tuple[int, int]:
     if process_index is None or process_count is None:
-        import jax  # noqa: PLC0415
+        import jax
 
         process_index, process_count = jax.process_index(), jax.process_count()
     return int(process_index), int(process_count)
@@ -36,8 +36,7 @@ def _process(process_index, process_count) -> tuple[int, int]:
 def dataset_root(data_config) -> pathlib.Path:
     """The VOC2012-layout root of config.data (generating the synthetic set if asked)."""
     if data_config.name == "synthetic":
-        syn = data_config.get("synthetic") or {}
-        return synthetic.ensure_dataset(data_config.get("cache_dir", ""), **dict(syn))
+        return synthetic.ensure_dataset(data_config.cache_dir, **data_config.synthetic)
     if data_config.name == "voc":
         if not data_config.voc_root:
             raise ValueError(
@@ -54,14 +53,14 @@ def open_split(data_config, split: str) -> VOCDataset:
     """The dataset of a split of config.data: a prepared TFDS voc2012_segmentation when
     `config.data.tfds_dir` is set (config `tfds_config`, default "aug" for train_aug runs, else
     "plain"), otherwise the VOCdevkit folder (or the generated set)."""
-    if data_config.get("tfds_dir"):
-        from deconvnet_jax.data.tfds_voc import TFDSVOCDataset  # noqa: PLC0415
+    if data_config.tfds_dir:
+        from deconvnet_jax.data.tfds_voc import TFDSVOCDataset  # imports tensorflow_datasets
 
-        tfds_config = data_config.get("tfds_config") or (
-            "aug" if data_config.get("train_split") == "train_aug" else "plain"
+        tfds_config = data_config.tfds_config or (
+            "aug" if data_config.train_split == "train_aug" else "plain"
         )
         return TFDSVOCDataset(data_config.tfds_dir, split, config=tfds_config)
-    sbd = data_config.get("sbd_root", "") or None
+    sbd = data_config.sbd_root or None
     if split == "train_aug" and sbd is None and data_config.name == "synthetic":
         split = "train"  # the generated set has no SBD part
     return VOCDataset(dataset_root(data_config), split, sbd_root=sbd, strict=data_config.strict)
@@ -70,7 +69,7 @@ def open_split(data_config, split: str) -> VOCDataset:
 def _allow_unparsed_absl_flags() -> None:
     """grain's worker processes read absl flags, which raises outside an absl app (scripts,
     notebooks, pytest: google/grain#1355); there the flags' defaults are what we want."""
-    from absl import flags  # noqa: PLC0415
+    from absl import flags
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
@@ -230,7 +229,7 @@ def _fit(image, label, size: int, strict: bool, source: str):
         return image, label
     if strict:
         raise DataError(f"{source}: image {w}x{h} is larger than config.data.eval_size={size}")
-    import cv2  # noqa: PLC0415
+    import cv2
 
     scale = size / max(h, w)
     nw, nh = max(1, int(w * scale)), max(1, int(h * scale))

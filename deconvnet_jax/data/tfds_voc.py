@@ -406,7 +406,7 @@ class TFDSVOCDataset:
 def main(argv=None) -> None:
     """`python -m deconvnet_jax.data.tfds_voc --data_dir D [--manual_dir M] [--config aug]`
     (the `tfds build` CLI imports TensorFlow; this does not)."""
-    import argparse  # noqa: PLC0415
+    import argparse
 
     parser = argparse.ArgumentParser(description="Prepare voc2012_segmentation (no TensorFlow).")
     parser.add_argument("--data_dir", required=True, help="TFDS data folder to write into")

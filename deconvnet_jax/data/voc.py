@@ -89,7 +89,7 @@ def read_mask(path) -> np.ndarray:
 
 def read_sbd_mat(path, key: str) -> np.ndarray:
     """Reads SBD's cls/inst .mat (GTcls / GTinst struct, field Segmentation) as uint8 [H, W]."""
-    import scipy.io  # noqa: PLC0415
+    import scipy.io
 
     path = pathlib.Path(path)
     try:
@@ -160,7 +160,7 @@ def boxes_from_instances(inst: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray,
 
 def boxes_from_class_mask(cls: np.ndarray, min_pixels: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Boxes of the 8-connected components of each class in a class map (no instance data)."""
-    from scipy import ndimage  # noqa: PLC0415
+    from scipy import ndimage
 
     boxes, labels = [], []
     for c in _present_values(cls):

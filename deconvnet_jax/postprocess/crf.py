@@ -23,7 +23,7 @@ PROB_FLOOR = 1e-5  # probabilities are clipped here before -log (pydensecrf.util
 
 def _densecrf_module():
     try:
-        import pydensecrf.densecrf as dcrf  # noqa: PLC0415  (optional dependency)
+        import pydensecrf.densecrf as dcrf  # optional dependency
     except ImportError as e:
         raise ImportError(INSTALL_HINT) from e
     return dcrf

@@ -312,26 +312,19 @@ def make_source(infer_config) -> ProposalSource:
     """The proposal source named by ``config.infer.proposals``."""
     name = infer_config.proposals
     if name == "selective_search":
-        return SelectiveSearch(
-            infer_config.get("ss_mode", "fast"), infer_config.get("max_proposals", 2000)
-        )
+        return SelectiveSearch(infer_config.ss_mode, infer_config.max_proposals)
     if name == "edge_boxes":
-        return EdgeBoxes(
-            infer_config.get("edge_model", ""), infer_config.get("max_proposals", 2000)
-        )
+        return EdgeBoxes(infer_config.edge_model, infer_config.max_proposals)
     if name == "precomputed":
-        if not infer_config.get("proposals_file"):
+        if not infer_config.proposals_file:
             raise ValueError(
                 "config.infer.proposals='precomputed' needs config.infer.proposals_file"
             )
         return Precomputed(infer_config.proposals_file)
     if name == "ground_truth":
-        return GroundTruth(infer_config.get("gt_enlarge", 1.2))
+        return GroundTruth(infer_config.gt_enlarge)
     if name == "grid":
-        return SlidingGrid(
-            tuple(infer_config.get("grid_sizes", (224, 336, 448))),
-            infer_config.get("grid_overlap", 0.5),
-        )
+        return SlidingGrid(tuple(infer_config.grid_sizes), infer_config.grid_overlap)
     raise ValueError(f"unknown config.infer.proposals {name!r} (expected one of {SOURCES})")
 
 
