@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from deconvnet_jax import checkpoint, optim, parallel, train_lib
+from deconvnet_jax import checkpoint, optim, parallel, train_lib, weights
 from deconvnet_jax.models import build_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -75,8 +75,8 @@ def _finish(proc, timeout=300):
     return out
 
 
-def _params(workdir, cache):
-    return jax.device_get(checkpoint.load_variables(workdir, _config(cache)))
+def _params(workdir):
+    return jax.device_get(weights.load_run_variables(workdir))
 
 
 def _assert_bitwise(a, b):
@@ -99,7 +99,7 @@ def test_interrupted_run_equals_uninterrupted_bitwise(uninterrupted, cache, tmp_
     _finish(_train(tmp_path, cache, **{"train.num_steps": 2}))
     out = _finish(_train(tmp_path, cache, **{"train.num_steps": 6}))
     assert "resumed from" in out
-    _assert_bitwise(_params(tmp_path, cache), _params(uninterrupted, cache))
+    _assert_bitwise(_params(tmp_path), _params(uninterrupted))
 
     def losses(w):
         rows = map(json.loads, (w / "metrics.jsonl").read_text().split("\n")[:-1])
@@ -118,7 +118,7 @@ def test_sigkill_mid_run_resumes(uninterrupted, cache, tmp_path):
     proc.wait()
     out = _finish(_train(tmp_path, cache, **{"train.num_steps": 6}))
     assert "resumed from" in out
-    _assert_bitwise(_params(tmp_path, cache), _params(uninterrupted, cache))
+    _assert_bitwise(_params(tmp_path), _params(uninterrupted))
 
 
 def test_sigterm_saves_then_exits(cache, tmp_path):
@@ -143,15 +143,15 @@ def test_corrupt_latest_falls_back(uninterrupted, cache, tmp_path, caplog):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated files
     with caplog.at_level(logging.ERROR):
-        got = _params(work, cache)
+        got = _params(work)
     assert "incomplete or corrupt" in caplog.text
     # ...and what came back is step 4 of the intact run (a copy without step 6 restores that).
     step4 = tmp_path / "step4"
     shutil.copytree(uninterrupted, step4)
     shutil.rmtree(step4 / "checkpoints" / "6")
-    _assert_bitwise(got, _params(step4, cache))
+    _assert_bitwise(got, _params(step4))
     with pytest.raises(AssertionError):
-        _assert_bitwise(got, _params(uninterrupted, cache))
+        _assert_bitwise(got, _params(uninterrupted))
 
 
 def _tiny_state(mesh):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from configs import default
-from deconvnet_jax import checkpoint, optim, parallel, train_lib
+from deconvnet_jax import checkpoint, optim, parallel, train_lib, weights
 from deconvnet_jax.models import build_model
 from deconvnet_jax.torch import weights as torch_weights
 
@@ -30,6 +30,11 @@ def _setup(name="deconvnet"):
     shardings = parallel.state_shardings(shapes, mesh)
     abstract = checkpoint.abstract_state(shapes, shardings)
     return config, jax.jit(init, out_shardings=shardings), abstract
+
+
+def _restore_or_init(config, ckpt, abstract, init):
+    init_from = functools.partial(weights.init_state_from, model=config.model.name)
+    return checkpoint.restore_or_init(config, ckpt, abstract, init, init_from)
 
 
 def _shifted(state, delta, step):
@@ -64,7 +69,7 @@ def test_resume_order(tmp_path):
         for k, v in kw.items():
             setattr(cfg, k, v)
         ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False)
-        state, data, how = checkpoint.restore_or_init(cfg, ckpt, abstract, init)
+        state, data, how = _restore_or_init(cfg, ckpt, abstract, init)
         ckpt.close()
         return state, data, how
 
@@ -121,7 +126,7 @@ def test_init_from_torchvision_vgg16_pth(tmp_path):
     )
     config.init_from = str(tmp_path / "vgg.pth")
     ckpt = checkpoint.Checkpointer(tmp_path / "w", async_save=False)
-    state, _, how = checkpoint.restore_or_init(config, ckpt, abstract, init)
+    state, _, how = _restore_or_init(config, ckpt, abstract, init)
     ckpt.close()
     got = jax.device_get(state.params)
     np.testing.assert_allclose(
@@ -145,7 +150,7 @@ def test_init_from_full_model_pth(tmp_path, name):
     torch.save(sd, tmp_path / "model.pth")
     config.init_from = str(tmp_path / "model.pth")
     ckpt = checkpoint.Checkpointer(tmp_path / "w", async_save=False)
-    state, _, _ = checkpoint.restore_or_init(config, ckpt, abstract, init)
+    state, _, _ = _restore_or_init(config, ckpt, abstract, init)
     ckpt.close()
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), target)
 
