@@ -33,7 +33,9 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int 
     """
     valid = labels != ignore_label
     safe = jnp.where(valid, labels, 0).astype(jnp.int32)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+    # float32 at least (bfloat16 logits), float64 for a float64 network (exactness checks)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
     count = valid.sum()
     return jnp.where(valid, losses, 0.0).sum() / jnp.maximum(count, 1), count
 

@@ -77,21 +77,17 @@ def test_parity_tiny_width_eval_and_train():
 
 
 @pytest.mark.slow
-def test_parity_full_width_one_image_eval():
-    _compare(1.0, batch=1, modes=("eval",))
+def test_parity_full_width_eval_and_train_float64():
+    """Full width, eval mode (running statistics) and train mode (batch statistics), both
+    frameworks in float64, agree to 1e-9 relative.
 
-
-@pytest.mark.slow
-def test_parity_full_width_train_mode():
-    """Train mode (batch statistics) at full width, both frameworks in float64.
-
-    At 224 the fc6/fc7/fc6_deconv BN layers see 1x1 maps, so their batch statistics come from
-    the batch alone (torch refuses a batch of 1; 2 is the least). Normalising 2 samples is
-    ill-conditioned where they nearly coincide, and float32 rounding also flips near-tied pooling
-    switches, so float32 outputs differ by up to ~4e-2 (measured) although the computations
-    are the same. In float64 the two agree to the final rounding: that checks the semantics.
+    Why float64: float32 rounding differs with the ISA, the convolution kernel and the batch
+    size, and through five pooling stages it flips near-tied switches and moves values to
+    other pixels (float32 outputs differ by up to ~3e-2 between an AVX-512 and an AVX2 machine,
+    measured), although the computations are the same. At 224 the fc6/fc7/fc6_deconv BN layers
+    see 1x1 maps, so train-mode statistics come from the batch alone (2 images: torch refuses 1).
     """
-    _compare(1.0, batch=2, modes=("train",), float64=True, tol=1e-9)
+    _compare(1.0, batch=2, modes=("eval", "train"), float64=True, tol=1e-9)
 
 
 def test_round_trips_are_exact():

@@ -65,7 +65,7 @@ def reference_segment(net, image, boxes, valid, canvas, aggregate="max"):
         win = window_of(box)
         X0, Y0, X1, Y1 = win
         crop = resize2d(crop_window(image, win), S, S)
-        scores = np.asarray(net(crop[None].astype(np.float32))[0], np.float64)  # [S, S, C]
+        scores = np.asarray(net(crop[None])[0], np.float64)  # [S, S, C]
         back = resize2d(scores, Y1 - Y0, X1 - X0)
         if acc is None:
             acc = np.zeros((canvas, canvas, scores.shape[-1]))
@@ -140,7 +140,7 @@ def test_crop_and_paste_matrices_match_cv2_and_torch(win):
 
 
 # --- the jitted function on random weights -------------------------------------------------------
-def random_variables(model, seed: int = 0) -> dict:
+def random_variables(model, seed: int = 0, dtype=np.float32) -> dict:
     """Random weights of the model's shapes (He-normal kernels, random BN statistics), built in
     NumPy from jax.eval_shape: O(1) logits of both signs, and no slow flax init."""
     rng = np.random.default_rng(seed)
@@ -149,23 +149,36 @@ def random_variables(model, seed: int = 0) -> dict:
     def leaf(path, s):
         name = path[-1].key
         if name == "kernel":
-            return rng.standard_normal(s.shape).astype(np.float32) * np.sqrt(
-                2 / np.prod(s.shape[:-1])
-            )
+            return (rng.standard_normal(s.shape) * np.sqrt(2 / np.prod(s.shape[:-1]))).astype(dtype)
         if name in ("scale", "var"):
-            return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
-        return rng.normal(0, 0.1, s.shape).astype(np.float32)  # bias, BN shift, BN mean
+            return rng.uniform(0.5, 1.5, s.shape).astype(dtype)
+        return rng.normal(0, 0.1, s.shape).astype(dtype)  # bias, BN shift, BN mean
 
     return jax.tree.map_with_path(leaf, shapes)
 
 
+@pytest.fixture
+def x64():
+    """float64 in JAX for the test's duration (structural equality checks)."""
+    with jax.enable_x64(True):
+        yield
+
+
 @pytest.fixture(scope="module")
 def tiny_net():
-    model = DeconvNet(num_classes=5, width_multiplier=1 / 32)
-    variables = random_variables(model)
+    """A tiny DeconvNet in float64 (use with the x64 fixture): apply, variables, and one-crop net.
+
+    Structural checks (the batched proposal path == a per-proposal loop) run in float64: in float32
+    another ISA or batch composition rounds differently, flips near-tied pooling switches and moves
+    values to other pixels (issue 12), although the computation is the same.
+    """
+    model = DeconvNet(
+        num_classes=5, width_multiplier=1 / 32, dtype=jnp.float64, param_dtype=jnp.float64
+    )
+    variables = random_variables(model, dtype=np.float64)
     apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
     one = jax.jit(apply)
-    return apply, variables, (lambda x: np.asarray(one(variables, jnp.asarray(x))))
+    return apply, variables, (lambda x: np.asarray(one(variables, jnp.asarray(x, jnp.float64))))
 
 
 BOXES = np.array(
@@ -198,16 +211,17 @@ HW = np.array([[150, 200], [256, 180]], np.int32)
 @pytest.mark.parametrize(
     "aggregate,impl", [("max", "matmul"), ("mean", "matmul"), ("max", "gather"), ("mean", "gather")]
 )
-def test_segment_matches_per_proposal_reference(tiny_net, aggregate, impl):
+def test_segment_matches_per_proposal_reference(x64, tiny_net, aggregate, impl):
     apply, variables, net = tiny_net
     canvas = 256
     rng = np.random.default_rng(0)
-    images = np.zeros((2, canvas, canvas, 3), np.float32)
+    images = np.zeros((2, canvas, canvas, 3), np.float64)
     for b, (h, w) in enumerate(HW):
         images[b, :h, :w] = rng.standard_normal((h, w, 3)) * 50
     fn = seg.make_segment_fn(apply, chunk_size=4, aggregate=aggregate, resize_impl=impl)  # 4 chunks
     scores, count = (np.asarray(a) for a in fn(variables, images, HW, BOXES, VALID))
     assert scores.shape == (2, canvas, canvas, 5) and count.shape == (2, canvas, canvas)
+    assert scores.dtype == np.float64
     for b, (h, w) in enumerate(HW):
         want, want_count = reference_segment(
             net, images[b, :h, :w], BOXES[b], VALID[b], canvas, aggregate
@@ -215,7 +229,7 @@ def test_segment_matches_per_proposal_reference(tiny_net, aggregate, impl):
         np.testing.assert_array_equal(count[b], want_count)
         scale = np.abs(want).max()
         assert scale > 0.1
-        np.testing.assert_allclose(scores[b], want, atol=2e-4 * scale)
+        np.testing.assert_allclose(scores[b], want, rtol=0, atol=1e-9 * scale)
         if aggregate == "max":
             assert scores[b].min() >= 0  # max against a zero map
             assert np.all(scores[b][want_count == 0] == 0)
@@ -225,18 +239,18 @@ def test_segment_matches_per_proposal_reference(tiny_net, aggregate, impl):
     assert np.any(labels[count > 0] != 0)
 
 
-def test_segment_batch_equals_single_images_and_empty_chunks_skipped(tiny_net):
+def test_segment_batch_equals_single_images_and_empty_chunks_skipped(x64, tiny_net):
     apply, variables, _ = tiny_net
     canvas = 256
     rng = np.random.default_rng(1)
-    images = rng.standard_normal((2, canvas, canvas, 3)).astype(np.float32) * 50
+    images = rng.standard_normal((2, canvas, canvas, 3)) * 50  # float64
     fn = seg.make_segment_fn(apply, chunk_size=3)
     both = np.asarray(fn(variables, images, HW, BOXES, VALID)[0])
     for b in range(2):
         one = np.asarray(
             fn(variables, images[b : b + 1], HW[b : b + 1], BOXES[b : b + 1], VALID[b : b + 1])[0]
         )
-        np.testing.assert_allclose(both[b], one[0], atol=1e-5 * np.abs(one).max())
+        np.testing.assert_allclose(both[b], one[0], rtol=0, atol=1e-9 * np.abs(one).max())
     none_valid = np.zeros_like(VALID)
     scores, count = fn(variables, images, HW, BOXES, none_valid)
     assert float(jnp.abs(scores).max()) == 0 and int(count.max()) == 0

@@ -64,22 +64,22 @@ def box_windows(boxes: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Arra
     return jnp.concatenate([lo, hi], -1).astype(jnp.int32), ok
 
 
-def _bilinear_taps(num_out: int, src_len: jax.Array, dst_len: jax.Array):
+def _bilinear_taps(num_out: int, src_len: jax.Array, dst_len: jax.Array, dtype=jnp.float32):
     """Half-pixel bilinear taps of a src_len -> dst_len resize at output indices 0 .. num_out-1.
 
     Output j samples source coordinate u = ((2j + 1) * src_len - dst_len) / (2 * dst_len), i.e.
     (j + 0.5) * src_len / dst_len - 0.5, clamped to [0, src_len - 1]. The integer part and the
-    fraction come from integer arithmetic, so the weights are exact to float32 rounding.
+    fraction come from integer arithmetic, so the weights are exact to the rounding of ``dtype``.
 
     Returns:
-      (i0, i1 int32 [num_out], w0, w1 float32 [num_out]); src_len, dst_len are int scalars.
+      (i0, i1 int32 [num_out], w0, w1 dtype [num_out]); src_len, dst_len are int scalars.
     """
     src_len = jnp.asarray(src_len, jnp.int32)
     dst_len = jnp.asarray(dst_len, jnp.int32)
     num = (2 * jnp.arange(num_out, dtype=jnp.int32) + 1) * src_len - dst_len
     den = 2 * dst_len
     i0 = jnp.floor_divide(num, den)
-    frac = (num - i0 * den).astype(jnp.float32) / den.astype(jnp.float32)
+    frac = (num - i0 * den).astype(dtype) / den.astype(dtype)
     low, high = i0 < 0, i0 >= src_len - 1  # clamped: the edge pixel alone
     frac = jnp.where(low | high, 0.0, frac)
     i0 = jnp.clip(i0, 0, src_len - 1)
@@ -88,16 +88,21 @@ def _bilinear_taps(num_out: int, src_len: jax.Array, dst_len: jax.Array):
 
 
 def crop_taps(
-    start: jax.Array, stop: jax.Array, extent: jax.Array, canvas: int, out_size: int = CROP_SIZE
+    start: jax.Array,
+    stop: jax.Array,
+    extent: jax.Array,
+    canvas: int,
+    out_size: int = CROP_SIZE,
+    dtype=jnp.float32,
 ):
     """Bilinear taps resizing window [start, stop) of one canvas axis to out_size samples.
 
     Returns:
-      (g0, g1 int32 [out_size] canvas indices (clipped into the canvas), w0, w1 float32
+      (g0, g1 int32 [out_size] canvas indices (clipped into the canvas), w0, w1 dtype
       [out_size]); taps on window pixels outside [0, extent) (the image) have weight 0 (read 0).
     """
     n = stop - start
-    i0, i1, w0, w1 = _bilinear_taps(out_size, n, out_size)
+    i0, i1, w0, w1 = _bilinear_taps(out_size, n, out_size, dtype)
     g0, g1 = start + i0, start + i1  # canvas indices
     w0 = jnp.where((g0 >= 0) & (g0 < extent), w0, 0.0)
     w1 = jnp.where((g1 >= 0) & (g1 < extent), w1, 0.0)
@@ -105,12 +110,17 @@ def crop_taps(
 
 
 def paste_taps(
-    start: jax.Array, stop: jax.Array, extent: jax.Array, canvas: int, in_size: int = CROP_SIZE
+    start: jax.Array,
+    stop: jax.Array,
+    extent: jax.Array,
+    canvas: int,
+    in_size: int = CROP_SIZE,
+    dtype=jnp.float32,
 ):
     """Bilinear taps resizing in_size crop samples back onto window [start, stop) of a canvas axis.
 
     Returns:
-      (i0, i1 int32 [canvas] crop indices, w0, w1 float32 [canvas] (0 off the window and off the
+      (i0, i1 int32 [canvas] crop indices, w0, w1 dtype [canvas] (0 off the window and off the
       image), covered bool [canvas]: inside the window and the image).
     """
     n = stop - start
@@ -118,7 +128,7 @@ def paste_taps(
     local = rows - start
     covered = (local >= 0) & (local < n) & (rows < extent)
     # the taps of every window position r = 0 .. canvas-1 (positions >= n are masked below)
-    i0, i1, w0, w1 = _bilinear_taps(canvas, in_size, n)
+    i0, i1, w0, w1 = _bilinear_taps(canvas, in_size, n, dtype)
     shift = jnp.clip(local, 0, canvas - 1)
     i0, i1 = i0[shift], i1[shift]
     w0, w1 = jnp.where(covered, w0[shift], 0.0), jnp.where(covered, w1[shift], 0.0)
@@ -202,18 +212,25 @@ def _segment(
     hw = jnp.asarray(image_hw, jnp.int32)[img_index]  # [N, 2]
     num_chunks = (n + n_pad) // chunk_size
 
-    crop_axis = jax.vmap(crop_taps, in_axes=(0, 0, 0, None))
-    paste_axis = jax.vmap(paste_taps, in_axes=(0, 0, 0, None))
+    # The network's precision: float32, or float64 for a float64 network (exactness checks under
+    # jax_enable_x64); resampling and aggregation follow it.
+    out = jax.eval_shape(
+        lambda: apply_fn(variables, jnp.zeros((chunk_size, CROP_SIZE, CROP_SIZE, 3), images.dtype))
+    )
+    num_classes = out.shape[-1]
+    dtype = jnp.promote_types(jnp.promote_types(images.dtype, out.dtype), jnp.float32)
+    crop_axis = jax.vmap(functools.partial(crop_taps, dtype=dtype), in_axes=(0, 0, 0, None))
+    paste_axis = jax.vmap(functools.partial(paste_taps, dtype=dtype), in_axes=(0, 0, 0, None))
     resample = RESAMPLERS[impl]
 
     def run_chunk(carry, xs):
         acc, count = carry
         win, good, idx, ext = xs  # [n, 4], [n], [n], [n, 2]
-        img = images[idx].astype(jnp.float32)  # [n, canvas, canvas, 3]
+        img = images[idx].astype(dtype)  # [n, canvas, canvas, 3]
         rows = crop_axis(win[:, 1], win[:, 3], ext[:, 0], canvas)  # 4 x [n, S]
         cols = crop_axis(win[:, 0], win[:, 2], ext[:, 1], canvas)
         crops = resample(img, rows, cols, (canvas, canvas))  # [n, S, S, 3]
-        scores = apply_fn(variables, crops).astype(jnp.float32)  # [n, S, S, C]
+        scores = apply_fn(variables, crops).astype(dtype)  # [n, S, S, C]
         *rows, cov_y = paste_axis(win[:, 1], win[:, 3], ext[:, 0], canvas)  # 4 x [n, canvas]
         *cols, cov_x = paste_axis(win[:, 0], win[:, 2], ext[:, 1], canvas)
         rows[2], rows[3] = rows[2] * good[:, None], rows[3] * good[:, None]
@@ -231,10 +248,7 @@ def _segment(
     def chunked(a):
         return a.reshape((num_chunks, chunk_size) + a.shape[1:])
 
-    num_classes = jax.eval_shape(
-        lambda: apply_fn(variables, jnp.zeros((chunk_size, CROP_SIZE, CROP_SIZE, 3)))
-    ).shape[-1]
-    acc = jnp.zeros((b, canvas, canvas, num_classes), jnp.float32)
+    acc = jnp.zeros((b, canvas, canvas, num_classes), dtype)
     count = jnp.zeros((b, canvas, canvas), jnp.int32)
     (acc, count), _ = jax.lax.scan(
         step, (acc, count), (chunked(windows), chunked(ok), chunked(img_index), chunked(hw))
@@ -287,7 +301,8 @@ def make_whole_image_fn(apply_fn: ApplyFn) -> Callable:
             raise ValueError(
                 f"whole-image canvas {images.shape[1]} must be a multiple of 32, >= 224"
             )
-        return apply_fn(variables, images).astype(jnp.float32)
+        scores = apply_fn(variables, images)
+        return scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
 
     return jax.jit(whole)
 
