@@ -7,6 +7,21 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# One persistent XLA compilation cache for the session, inherited by the train.py / eval.py
+# subprocesses the tests start: the same tiny programs (init, train step, eval step) are compiled
+# by many tests and processes, and compiling dominates their cost on 2 CPU cores. Fresh per session
+# (removed at exit), so no test depends on an earlier run.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit  # noqa: E402
+    import shutil  # noqa: E402
+    import tempfile  # noqa: E402
+
+    _cache = tempfile.mkdtemp(prefix="deconvnet_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402

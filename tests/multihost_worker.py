@@ -5,7 +5,8 @@
 Each process has 4 CPU devices; jax.distributed joins them (gloo collectives) into one 8-device
 mesh. Every process feeds only its own half of each global batch (parallel.global_batch ->
 jax.make_array_from_process_local_data), runs the same two train steps as the single-process test,
-and writes its losses and the (replicated) parameters and BN statistics it holds.
+and writes its losses and the (replicated) parameters and BN statistics it holds. Float64 (as the
+single-process test): structural equality must not depend on float32 reduction order.
 """
 
 import os
@@ -26,14 +27,15 @@ def main() -> None:
     from deconvnet_jax import parallel
 
     # init_distributed also selects gloo CPU collectives (JAX_PLATFORMS=cpu)
+    jax.config.update("jax_enable_x64", True)
     parallel.init_distributed(f"127.0.0.1:{port}", nproc, pid)
     assert jax.process_count() == nproc and jax.device_count() == 4 * nproc, jax.devices()
     from test_train_parallel import _batches, _setup
 
-    mesh, state, step, _ = _setup(jax.device_count(), 1)
+    mesh, state, step, _ = _setup(jax.device_count(), 1, dtype="float64")
     losses = []
     per_process = None
-    for batch in _batches():
+    for batch in _batches(dtype=np.float64):
         per_process = batch["image"].shape[0] // nproc
         local = {k: v[pid * per_process : (pid + 1) * per_process] for k, v in batch.items()}
         state, metrics = step(state, parallel.global_batch(local, mesh))

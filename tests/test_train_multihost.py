@@ -56,7 +56,8 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path):
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
 
-    ref_losses, ref_state = _run(8, 1)
+    with jax.enable_x64(True):  # the same program in one process (a compilation-cache hit)
+        ref_losses, ref_state = _run(8, 1, dtype="float64")
     ref = {
         jax.tree_util.keystr(path): np.asarray(leaf)
         for path, leaf in jax.tree.leaves_with_path(
@@ -66,14 +67,14 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path):
     for i in range(2):
         got = np.load(tmp_path / f"p{i}.npz")
         assert int(got["local_batch"]) == 4  # each process fed only its half of the batch of 8
-        np.testing.assert_allclose(got["losses"], ref_losses, rtol=1e-5)
-        # The losses agree to 1e-5 (per-process BN statistics over 4 images instead of 8 would
-        # change them by orders of magnitude more). Parameters carry float32 reduction-order noise:
-        # gloo sums the two processes' partial gradients in another order than the in-process
-        # all-reduce, and BN's backward at this tiny width (2 channels) amplifies it over two
-        # steps (measured: at most 6e-5 absolute, on conv1_1's kernel of scale 0.6).
+        # Float64, so only the summation order differs (gloo sums the processes' partial
+        # gradients and BN statistics in another order than the in-process all-reduce):
+        # per-process BN statistics over 4 images instead of 8 would change the losses and
+        # parameters by orders of magnitude more than these tolerances.
+        np.testing.assert_allclose(got["losses"], ref_losses, rtol=1e-12)
         for key, value in ref.items():
-            np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=2e-4, err_msg=key)
+            assert got[key].dtype == np.float64, key
+            np.testing.assert_allclose(got[key], value, rtol=1e-9, atol=1e-12, err_msg=key)
 
 
 @pytest.mark.slow

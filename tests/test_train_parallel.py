@@ -23,11 +23,12 @@ def _setup(mesh_data, mesh_fsdp, shard_all=False, devices=None, width=WIDTH, dty
     config.mesh.data, config.mesh.fsdp, config.mesh.shard_all = mesh_data, mesh_fsdp, shard_all
     mesh = parallel.make_mesh(config.mesh, devices)
     model = build_model(config.model)
-    shape = (1, 224, 224, 3)
     tx = optim.make_optimizer(config.optim)
-    init = functools.partial(train_lib.create_train_state, model, tx, 0, shape)
-    shardings = parallel.state_shardings(jax.eval_shape(init), mesh, shard_all)
-    state = jax.jit(init, out_shardings=shardings)()
+    init = functools.partial(train_lib.create_train_state, model, tx, 0, (1, 224, 224, 3))
+    shapes = jax.eval_shape(init)
+    shardings = parallel.state_shardings(shapes, mesh, shard_all)
+    # The same random state on every mesh, built on the host (no init compile per mesh).
+    state = jax.device_put(_host_state(shapes), shardings)
     bs = parallel.batch_sharding(mesh)
     step = jax.jit(
         train_lib.make_train_step(model, tx),
@@ -36,6 +37,29 @@ def _setup(mesh_data, mesh_fsdp, shard_all=False, devices=None, width=WIDTH, dty
         donate_argnums=(0,),
     )
     return mesh, state, step, shardings
+
+
+def _host_state(shapes, seed=0):
+    """NumPy values for a TrainState's shapes: He-scaled kernels, random biases and BN
+    parameters, BN statistics (0, 1), zero optimiser state."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, s):
+        name = jax.tree_util.keystr(path)
+        if ".opt_state" in name or ".step" in name:
+            return np.zeros(s.shape, s.dtype)
+        last = path[-1].key
+        if last == "kernel":
+            return (rng.standard_normal(s.shape) * np.sqrt(2 / np.prod(s.shape[:-1]))).astype(
+                s.dtype
+            )
+        if last == "scale":
+            return rng.uniform(0.5, 1.5, s.shape).astype(s.dtype)
+        if last in ("mean", "var"):
+            return np.full(s.shape, float(last == "var"), s.dtype)
+        return rng.normal(0, 0.1, s.shape).astype(s.dtype)  # biases, BN shifts
+
+    return jax.tree.map_with_path(leaf, shapes)
 
 
 def _batches(n=2, b=8, dtype=np.float32):

@@ -160,6 +160,9 @@ def factories(network: nn.Module, train: bool) -> tuple[ModuleDef, ModuleDef, Mo
         momentum=network.bn_momentum,
         epsilon=network.bn_epsilon,
         bias_init=nn.initializers.constant(network.bn_bias_init),
+        # flax keeps BN statistics in float32; a float64 network (exactness checks) keeps them
+        # in float64 too, so its train step stays float64 end to end.
+        force_float32_reductions=jnp.dtype(network.param_dtype) != jnp.float64,
         **common,
     )
     return conv, deconv, norm
