@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from nets import random_variables
 
 from deconvnet_jax.models.deconvnet import DeconvNet
 from deconvnet_jax.proposals import segment as seg
@@ -140,23 +141,6 @@ def test_crop_and_paste_matrices_match_cv2_and_torch(win):
 
 
 # --- the jitted function on random weights -------------------------------------------------------
-def random_variables(model, seed: int = 0, dtype=np.float32) -> dict:
-    """Random weights of the model's shapes (He-normal kernels, random BN statistics), built in
-    NumPy from jax.eval_shape: O(1) logits of both signs, and no slow flax init."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, S, S, 3)))
-
-    def leaf(path, s):
-        name = path[-1].key
-        if name == "kernel":
-            return (rng.standard_normal(s.shape) * np.sqrt(2 / np.prod(s.shape[:-1]))).astype(dtype)
-        if name in ("scale", "var"):
-            return rng.uniform(0.5, 1.5, s.shape).astype(dtype)
-        return rng.normal(0, 0.1, s.shape).astype(dtype)  # bias, BN shift, BN mean
-
-    return jax.tree.map_with_path(leaf, shapes)
-
-
 @pytest.fixture
 def x64():
     """float64 in JAX for the test's duration (structural equality checks)."""

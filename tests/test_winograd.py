@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import random_variables
 
 from deconvnet_jax.models import winograd
 from deconvnet_jax.models.deconvnet import DeconvNet
@@ -99,20 +100,22 @@ def test_use_winograd_rules():
         winograd.use_winograd("fast", 3, 1, 8)
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_networks_agree_with_direct(train):
-    """Same variables, every 3x3 layer Winograd vs direct: DeconvNet (encoder + decoder) and
-    FCN-8s, in float64 so that near-tied pool switches cannot flip."""
+@pytest.mark.parametrize(
+    "cls,hw,modes", [(DeconvNet, (224, 224), ("eval", "train")), (FCN8s, (36, 44), ("eval",))]
+)
+def test_networks_agree_with_direct(cls, hw, modes):
+    """Same variables, every 3x3 layer Winograd vs direct: DeconvNet (encoder + decoder; eval
+    and train-mode BN) and FCN-8s (any input size: a small one), in float64 so that near-tied
+    pool switches cannot flip."""
     with jax.enable_x64(True):
-        rng = np.random.default_rng(4)
-        x = jnp.asarray(rng.standard_normal((2, 224, 224, 3)))
-        for cls in (DeconvNet, FCN8s):
-            direct = cls(width_multiplier=1 / 16, conv_impl="direct", dtype=jnp.float64)
-            wino = cls(width_multiplier=1 / 16, conv_impl="winograd", dtype=jnp.float64)
-            variables = jax.jit(lambda k, m=direct: m.init(k, x[:1]))(jax.random.key(0))
-            kw = dict(train=True, mutable=["batch_stats"]) if train else dict(train=False)
+        x = jnp.asarray(np.random.default_rng(4).standard_normal((2, *hw, 3)))
+        direct = cls(width_multiplier=1 / 32, conv_impl="direct", dtype=jnp.float64)
+        wino = direct.clone(conv_impl="winograd")
+        variables = random_variables(direct, seed=4, dtype=np.float64, hw=hw)
+        every = {"eval": dict(train=False), "train": dict(train=True, mutable=["batch_stats"])}
+        for kw in (every[m] for m in modes):
             a = jax.jit(lambda v, m=direct: m.apply(v, x, **kw))(variables)
             b = jax.jit(lambda v, m=wino: m.apply(v, x, **kw))(variables)
-            a, b = (a[0], b[0]) if train else (a, b)
+            a, b = (a[0], b[0]) if kw["train"] else (a, b)
             scale = float(jnp.max(jnp.abs(a)))
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-9 * scale)
