@@ -26,7 +26,16 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from deconvnet_jax import bn_stats, checkpoint, optim, parallel, train_lib, viz, weights
+from deconvnet_jax import (
+    bn_stats,
+    checkpoint,
+    config_check,
+    optim,
+    parallel,
+    train_lib,
+    viz,
+    weights,
+)
 from deconvnet_jax.data import loader as data_loader
 from deconvnet_jax.data.voc import CLASS_NAMES
 from deconvnet_jax.metrics import compute_metrics
@@ -137,6 +146,7 @@ def validate(run: Run, split: str | None = None) -> dict:
 def setup(config, workdir) -> Run:
     """Mesh, model, optimiser, the state (born sharded, resumed per the resume order), the data
     iterator at its saved position, and the jitted train / eval steps."""
+    config_check.check_train_config(config)  # before anything is built
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
