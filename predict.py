@@ -63,7 +63,7 @@ def main(argv):
     for path, reason in got["failed"]:
         print(f"FAILED {path}: {reason}")
     if got["failed"]:
-        raise SystemExit(1)
+        raise SystemExit(errors.EXIT_SOME_FILES_FAILED)
 
 
 if __name__ == "__main__":
