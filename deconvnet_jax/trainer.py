@@ -77,18 +77,34 @@ class MetricWriter:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks once per step."""
+    """SIGTERM -> save and exit, at the same step on every process.
 
-    def __init__(self):
+    Multi-process: JAX's preemption sync service (started by jax.distributed.initialize) catches
+    SIGTERM on whichever host gets it and agrees a step with the others; every process asks
+    orbax's ``CheckpointManager.reached_preemption(step)`` each step, so all enter the collective
+    save together (as MaxText does). One process: a Python SIGTERM handler sets a flag.
+    """
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.coordinated = jax.process_count() > 1
         self.requested = False
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread
-            self._old = None
+        self._old = None
+        if not self.coordinated:
+            try:
+                self._old = signal.signal(signal.SIGTERM, self._handler)
+            except ValueError:  # not the main thread
+                self._old = None
 
     def _handler(self, signum, frame):
         log.warning("SIGTERM received: saving a checkpoint and exiting")
         self.requested = True
+
+    def reached(self, step: int) -> bool:
+        """Whether to save and stop after `step` (the same answer on every process)."""
+        if self.coordinated:
+            return self.manager.reached_preemption(step)
+        return self.requested
 
     def restore(self):
         if self._old is not None:
@@ -227,7 +243,7 @@ def train_loop(run: Run) -> bool:
         disable=jax.process_index() != 0,
         dynamic_ncols=True,
     )
-    preempt = _Preemption()
+    preempt = _Preemption(run.ckpt.manager)
     window_t, window_n = time.perf_counter(), 0
     try:
         batch, after_batch = fetch() if step < num_steps else (None, None)
@@ -266,7 +282,7 @@ def train_loop(run: Run) -> bool:
                 val = validate(run)
                 run.writer.write(step, {"val_miou": val["miou"], "val_pixel_acc": val["pixel_acc"]})
                 tqdm.write(f"step {step}: val mIoU {100 * val['miou']:.2f}")
-            if preempt.requested:
+            if preempt.reached(step):
                 run.save()
                 run.ckpt.wait()
                 log.warning("preempted: checkpoint %d saved, exiting", step)
