@@ -38,6 +38,7 @@ from deconvnet_jax import (
 )
 from deconvnet_jax.data import loader as data_loader
 from deconvnet_jax.data.voc import CLASS_NAMES
+from deconvnet_jax.errors import UserError
 from deconvnet_jax.metrics import compute_metrics
 from deconvnet_jax.models import build_model
 
@@ -74,6 +75,10 @@ class MetricWriter:
     def close(self) -> None:
         if self.tb:
             self.tb.close()
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """A non-finite loss: training stopped, the last checkpoint kept (one line, exit 2)."""
 
 
 class _Preemption:
@@ -255,7 +260,7 @@ def train_loop(run: Run) -> bool:
             metrics = jax.device_get(metrics)
             if not bool(metrics["finite"]):
                 run.ckpt.wait()
-                raise FloatingPointError(
+                raise TrainingDiverged(
                     f"loss became {float(metrics['loss'])} at step {step + 1}: training stopped; "
                     f"the last good checkpoint (step {max(run.ckpt.steps(), default='none')}) in "
                     f"{run.ckpt.directory} is untouched. Lower config.optim.lr or set "
