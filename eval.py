@@ -12,14 +12,14 @@ Variants: DeconvNet, DeconvNet+CRF (pydensecrf2 installed), EDeconvNet and EDeco
 import logging
 import os
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from deconvnet_jax import errors
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
-config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "infer.py"), "Config file."
-)
+errors.define_config_file("config", os.path.join(_HERE, "configs", "infer.py"), "Config file.")
 flags.DEFINE_string("workdir", "runs/demo", "Training run directory (checkpoints/, config.json).")
 flags.DEFINE_string(
     "torch_weights", "", "A PyTorch DeconvNet state dict (.pth) instead of --workdir."
@@ -37,6 +37,7 @@ flags.DEFINE_string("out", "", "Output folder (default <workdir>/eval_<split>)."
 flags.DEFINE_bool(
     "save_predictions", False, "Write palette PNGs and image|truth|prediction overlays."
 )
+flags.DEFINE_bool("debug", False, "Show tracebacks of user errors (bad flags, files, weights).")
 FLAGS = flags.FLAGS
 
 
@@ -72,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run_app(main)

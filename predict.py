@@ -14,10 +14,10 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from deconvnet_jax import errors
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
-config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "infer.py"), "Config file."
-)
+errors.define_config_file("config", os.path.join(_HERE, "configs", "infer.py"), "Config file.")
 flags.DEFINE_string("input", None, "An image file or a folder of images.", required=True)
 flags.DEFINE_string("out", "predictions", "Output folder.")
 flags.DEFINE_string("workdir", "runs/demo", "Training run directory (checkpoints/, config.json).")
@@ -27,6 +27,7 @@ flags.DEFINE_string(
 flags.DEFINE_string("ensemble", "", "FCN-8s run directory (EDeconvNet).")
 flags.DEFINE_enum("ensemble_rule", None, ["product", "mean"], "EDeconvNet rule.")
 flags.DEFINE_string("variant", "", "DeconvNet | DeconvNet+CRF | EDeconvNet | EDeconvNet+CRF.")
+flags.DEFINE_bool("debug", False, "Show tracebacks of user errors (bad flags, files, weights).")
 FLAGS = flags.FLAGS
 
 
@@ -62,8 +63,8 @@ def main(argv):
     for path, reason in got["failed"]:
         print(f"FAILED {path}: {reason}")
     if got["failed"]:
-        raise SystemExit(1)
+        raise SystemExit(errors.EXIT_SOME_FILES_FAILED)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run_app(main)

@@ -9,18 +9,20 @@ Multi-host: run the same command on every host with --coordinator host:port --nu
 import logging
 import os
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
+
+from deconvnet_jax import errors
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "demo.py"), "Config file.")
+errors.define_config_file("config", os.path.join(_HERE, "configs", "demo.py"), "Config file.")
 flags.DEFINE_string("workdir", "runs/demo", "Run directory: checkpoints, metrics, plots.")
 flags.DEFINE_string(
     "coordinator", "", "jax.distributed coordinator address host:port (multi-host)."
 )
 flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", -1, "This process's index (multi-host).")
+flags.DEFINE_bool("debug", False, "Show tracebacks of user errors (bad config, data, checkpoints).")
 FLAGS = flags.FLAGS
 
 
@@ -34,7 +36,7 @@ def main(argv):
     final = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if final.get("preempted"):
         print(f"preempted at step {final['step']}; rerun the same command to resume")
-        return
+        raise SystemExit(errors.EXIT_PREEMPTED)
     print(
         f"final val mIoU: {100 * final['miou']:.2f}  (pixel acc {100 * final['pixel_acc']:.2f}) "
         f"-- {FLAGS.workdir}"
@@ -42,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run_app(main)

@@ -6,8 +6,10 @@ the best by validation mIoU. Saves are asynchronous; `wait()` blocks until they 
 Resume order (`restore_or_init`): the workdir's latest checkpoint; else `config.resume` (another
 run's checkpoint folder); else `config.init_from` (weights read by deconvnet_jax/weights.py into a
 fresh state: a run directory, e.g. stage 1 -> stage 2, a .pth or a .caffemodel); else scratch. A
-checkpoint that fails to restore (incomplete or corrupt) is reported and the previous one is used.
-This module knows orbax, not weight formats.
+checkpoint of the workdir that fails to restore (incomplete or corrupt) is reported, moved aside
+to ``<step>.corrupt-<n>`` (never deleted) and the previous one is used, so the run saves that
+step again; when none of the workdir's checkpoints restores, ``CheckpointError`` names them (never
+a quiet restart from scratch). This module knows orbax, not weight formats.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from deconvnet_jax.errors import UserError
+
 log = logging.getLogger(__name__)
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A workdir whose checkpoints cannot be used (a user-facing, one-line error)."""
 
 
 def checkpoints_dir(path) -> pathlib.Path:
@@ -81,19 +89,51 @@ class Checkpointer:
         )
         return out["state"], dict(out["data"] or {}), dict(out["meta"] or {})
 
-    def restore_latest(self, abstract_state: Any):
+    def restore_latest(self, abstract_state: Any, move_bad: bool = False):
         """The newest checkpoint that restores; bad ones are reported and skipped.
 
+        Args:
+          move_bad: the steps newer than the one restored that failed are renamed
+            ``<step>.corrupt-<n>`` (so they are saved again), and when none restores
+            ``CheckpointError`` names them. For the run's own workdir; off for other runs'.
         Returns:
           (state, data_state, meta, step) or None when there is none.
         """
+        bad = []
         for step in reversed(self.steps()):
             try:
                 state, data, meta = self.restore(step, abstract_state)
-                return state, data, meta, step
             except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
                 self._report_bad(step, e)
+                bad.append(step)
+                continue
+            if move_bad and bad:
+                self._move_aside(bad)
+            return state, data, meta, step
+        if move_bad and bad:
+            raise CheckpointError(
+                f"{self.directory}: none of the checkpoints (steps "
+                f"{', '.join(map(str, sorted(bad)))}) restores (incomplete or corrupt); to start "
+                "over, use a new --workdir or move that checkpoints folder away"
+            )
         return None
+
+    def _move_aside(self, steps: list[int]) -> None:
+        """Renames bad step folders to ``<step>.corrupt-<n>`` (process 0) and reloads the steps."""
+        self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            for step in steps:
+                n = 1
+                while (self.directory / f"{step}.corrupt-{n}").exists():
+                    n += 1
+                target = self.directory / f"{step}.corrupt-{n}"
+                (self.directory / str(step)).rename(target)
+                log.warning("moved the bad checkpoint %d aside to %s", step, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("deconvnet_jax_move_bad_checkpoints")
+        self.manager.reload()
 
     def _report_bad(self, step: int, error: Exception) -> None:
         log.error(
@@ -181,7 +221,7 @@ def restore_or_init(
     Returns:
       (state, data-iterator state or None, a description of what happened).
     """
-    got = ckpt.restore_latest(abstract)
+    got = ckpt.restore_latest(abstract, move_bad=True)
     if got is not None:
         state, data, _, step = got
         return state, data, f"resumed from {ckpt.directory}/{step}"

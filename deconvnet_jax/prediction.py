@@ -2,7 +2,10 @@
 
 Any image size works (images larger than the largest canvas are shrunk for the network and the
 mask is resized back); grayscale, RGBA, CMYK and palette inputs are converted to RGB
-(``data.voc.read_image``). An unreadable file is reported by name and skipped.
+(``data.voc.read_image``: 16-bit and float images scaled, images over
+``data.voc.MAX_IMAGE_PIXELS`` refused). Every per-file failure (unreadable or refused image, an
+output that cannot be written, e.g. a folder named ``<stem>.png``) is reported by name and the
+batch goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from tqdm import tqdm
 
 from deconvnet_jax import inference, viz
 from deconvnet_jax.data.voc import DataError, read_image
+from deconvnet_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +77,25 @@ def predict_files(
       dict(written=[stems], failed=[(path, reason)]).
     """
     out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out_dir}: cannot create the output folder ({e})") from None
     written, failed = [], []
     for path in tqdm(paths, desc="predict", unit="img"):
         try:
             image = read_image(path)
-        except DataError as e:
-            log.error("skipping %s: %s", path, e)
-            failed.append((str(path), str(e)))
+            labels = predict_image(predictor, image, path.stem, variant, **kwargs)
+            _write(out_dir, path.stem, image, labels)
+        except (DataError, OSError) as e:
+            reason = str(e) if isinstance(e, DataError) else f"cannot write output ({e})"
+            log.error("skipping %s: %s", path, reason)
+            failed.append((str(path), reason))
             continue
-        labels = predict_image(predictor, image, path.stem, variant, **kwargs)
-        viz.palette_image(labels).save(out_dir / f"{path.stem}.png")
-        Image.fromarray(viz.side_by_side(image, None, labels)).save(
-            out_dir / f"{path.stem}_overlay.jpg"
-        )
         written.append(path.stem)
     return dict(written=written, failed=failed)
+
+
+def _write(out_dir: pathlib.Path, stem: str, image: np.ndarray, labels: np.ndarray) -> None:
+    viz.palette_image(labels).save(out_dir / f"{stem}.png")
+    Image.fromarray(viz.side_by_side(image, None, labels)).save(out_dir / f"{stem}_overlay.jpg")

@@ -20,6 +20,8 @@ import pathlib
 import re
 from typing import Any, Callable, Iterable
 
+from deconvnet_jax import config_check, errors
+
 log = logging.getLogger(__name__)
 
 
@@ -76,6 +78,22 @@ def _last(path: pathlib.Path, key: str):
     return value
 
 
+def check_overrides(config, overrides: list[dict[str, Any]]) -> None:
+    """Raises config_check.ConfigError listing, one line each, every override that names no field
+    or makes an invalid config (before any run trains)."""
+    problems = []
+    for o in overrides:
+        try:
+            problems += [
+                f"sweep run {run_name(o)}: {p}"
+                for p in config_check.train_config_problems(apply_overrides(config, o))
+            ]
+        except KeyError as e:
+            problems.append(f"sweep run {run_name(o)}: {e.args[0]}")
+    if problems:
+        raise config_check.ConfigError("\n".join(problems))
+
+
 def run_sweep(
     config,
     overrides: Iterable[dict[str, Any]],
@@ -97,9 +115,10 @@ def run_sweep(
         from deconvnet_jax import trainer  # heavy (jax, orbax): only when running
 
         train_fn = trainer.train_and_evaluate
+    overrides = list(overrides)
+    check_overrides(config, overrides)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    overrides = list(overrides)
     rows = []
     for i, o in enumerate(overrides):
         name = run_name(o)
@@ -199,12 +218,13 @@ def write_table(rows: list[dict[str, Any]], workdir) -> None:
 
 
 def main(argv=None) -> None:
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Base config file.", lock_config=True)
     flags.DEFINE_string("sweep", None, "Sweep file with get_sweep() yielding override dicts.")
     flags.DEFINE_string("workdir", "runs/sweep", "Sweep folder (one subfolder per run).")
+    flags.DEFINE_bool("debug", False, "Show tracebacks of user errors.")
     flags.mark_flags_as_required(["config", "sweep"])
 
     def _main(argv):
@@ -218,7 +238,7 @@ def main(argv=None) -> None:
         print((pathlib.Path(f.workdir) / "results.md").read_text())
         print(f"{len(rows)} runs; table in {f.workdir}/results.md and results.csv")
 
-    app.run(_main, argv=argv)
+    errors.run_app(_main, argv=argv)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,19 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from deconvnet_jax import bn_stats, checkpoint, optim, parallel, train_lib, viz, weights
+from deconvnet_jax import (
+    bn_stats,
+    checkpoint,
+    config_check,
+    optim,
+    parallel,
+    train_lib,
+    viz,
+    weights,
+)
 from deconvnet_jax.data import loader as data_loader
 from deconvnet_jax.data.voc import CLASS_NAMES
+from deconvnet_jax.errors import UserError
 from deconvnet_jax.metrics import compute_metrics
 from deconvnet_jax.models import build_model
 
@@ -67,19 +77,39 @@ class MetricWriter:
             self.tb.close()
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks once per step."""
+class TrainingDiverged(UserError, FloatingPointError):
+    """A non-finite loss: training stopped, the last checkpoint kept (one line, exit 2)."""
 
-    def __init__(self):
+
+class _Preemption:
+    """SIGTERM -> save and exit, at the same step on every process.
+
+    Multi-process: JAX's preemption sync service (started by jax.distributed.initialize) catches
+    SIGTERM on whichever host gets it and agrees a step with the others; every process asks
+    orbax's ``CheckpointManager.reached_preemption(step)`` each step, so all enter the collective
+    save together (as MaxText does). One process: a Python SIGTERM handler sets a flag.
+    """
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.coordinated = jax.process_count() > 1
         self.requested = False
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread
-            self._old = None
+        self._old = None
+        if not self.coordinated:
+            try:
+                self._old = signal.signal(signal.SIGTERM, self._handler)
+            except ValueError:  # not the main thread
+                self._old = None
 
     def _handler(self, signum, frame):
         log.warning("SIGTERM received: saving a checkpoint and exiting")
         self.requested = True
+
+    def reached(self, step: int) -> bool:
+        """Whether to save and stop after `step` (the same answer on every process)."""
+        if self.coordinated:
+            return self.manager.reached_preemption(step)
+        return self.requested
 
     def restore(self):
         if self._old is not None:
@@ -137,6 +167,7 @@ def validate(run: Run, split: str | None = None) -> dict:
 def setup(config, workdir) -> Run:
     """Mesh, model, optimiser, the state (born sharded, resumed per the resume order), the data
     iterator at its saved position, and the jitted train / eval steps."""
+    config_check.check_train_config(config)  # before anything is built
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -217,7 +248,7 @@ def train_loop(run: Run) -> bool:
         disable=jax.process_index() != 0,
         dynamic_ncols=True,
     )
-    preempt = _Preemption()
+    preempt = _Preemption(run.ckpt.manager)
     window_t, window_n = time.perf_counter(), 0
     try:
         batch, after_batch = fetch() if step < num_steps else (None, None)
@@ -229,7 +260,7 @@ def train_loop(run: Run) -> bool:
             metrics = jax.device_get(metrics)
             if not bool(metrics["finite"]):
                 run.ckpt.wait()
-                raise FloatingPointError(
+                raise TrainingDiverged(
                     f"loss became {float(metrics['loss'])} at step {step + 1}: training stopped; "
                     f"the last good checkpoint (step {max(run.ckpt.steps(), default='none')}) in "
                     f"{run.ckpt.directory} is untouched. Lower config.optim.lr or set "
@@ -256,7 +287,7 @@ def train_loop(run: Run) -> bool:
                 val = validate(run)
                 run.writer.write(step, {"val_miou": val["miou"], "val_pixel_acc": val["pixel_acc"]})
                 tqdm.write(f"step {step}: val mIoU {100 * val['miou']:.2f}")
-            if preempt.requested:
+            if preempt.reached(step):
                 run.save()
                 run.ckpt.wait()
                 log.warning("preempted: checkpoint %d saved, exiting", step)

@@ -14,7 +14,7 @@ from test_eval import make_run, train_config
 from test_segment import random_variables, reference_segment
 
 from configs import infer as infer_config
-from deconvnet_jax import inference, prediction
+from deconvnet_jax import errors, inference, prediction
 from deconvnet_jax.data.crops import normalize
 from deconvnet_jax.data.voc import voc_palette
 from deconvnet_jax.models import build_model
@@ -150,7 +150,7 @@ def test_predict_cli(tiny):
         "--config.infer.crf=False",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1, proc.stderr[-3000:]  # one unreadable file
+    assert proc.returncode == errors.EXIT_SOME_FILES_FAILED, proc.stderr[-3000:]  # unreadable
     assert "FAILED" in proc.stdout and "broken.jpg" in proc.stdout
     assert f"DeconvNet: wrote {len(want_rgb)} masks" in proc.stdout
     rgb = want_rgb["rgb"]
@@ -165,3 +165,53 @@ def test_predict_cli(tiny):
     )
     assert single.returncode == 0, single.stderr[-3000:]
     assert Image.open(pathlib.Path(f"{out}_one") / "gray.png").size == (200, 150)
+
+
+def _bomb_jpeg(path: pathlib.Path, width: int = 15000, height: int = 13000) -> None:
+    """A small JPEG whose header (SOF0) claims width x height pixels."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+
+
+def test_bad_files_each_one_line_and_the_batch_goes_on(tiny, tmp_path):
+    """Issue 14.4 + 14.5: a bomb-sized JPEG, an empty file and an output folder squatting on
+    <stem>.png are each one failure and the rest is written; a 16-bit PNG is scaled by its bit
+    depth (round(v * 255 / 65535)), not clipped at 255; a float image outside [0, 1] is refused."""
+    from deconvnet_jax.data import voc
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    _bomb_jpeg(folder / "bomb.jpg")
+    (folder / "empty.png").write_bytes(b"")
+    v16 = rng.integers(0, 65536, (60, 70), dtype=np.uint16)
+    Image.fromarray(v16).save(folder / "deep.png")  # 16-bit grayscale PNG
+    Image.fromarray(rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(folder / "good.png")
+    Image.fromarray(rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(folder / "blocked.png")
+    Image.fromarray(np.full((20, 20), 3.5, np.float32)).save(folder / "float.tif")
+    out = tmp_path / "out"
+    (out / "blocked.png").mkdir(parents=True)  # a folder where the mask should go
+
+    want = np.rint(v16.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    got16 = voc.read_image(folder / "deep.png")
+    np.testing.assert_array_equal(got16, np.repeat(want[..., None], 3, -1))
+    paths = prediction.list_images(folder)
+    got = prediction.predict_files(whole_predictor(tiny), paths, out)
+    assert sorted(got["written"]) == ["deep", "good"]
+    reasons = dict((pathlib.Path(p).name, r) for p, r in got["failed"])
+    assert sorted(reasons) == ["blocked.png", "bomb.jpg", "empty.png", "float.tif"]
+    assert all("\n" not in r for r in reasons.values())
+    assert "195000000" in reasons["bomb.jpg"] and "MAX_IMAGE_PIXELS" in reasons["bomb.jpg"]
+    _bomb_jpeg(tmp_path / "big.jpg", 9000, 8000)  # under PIL's limit, over ours
+    with pytest.raises(voc.DataError, match="9000x8000 pixels is over the limit"):
+        voc.read_image(tmp_path / "big.jpg")
+    assert "cannot write" in reasons["blocked.png"] and "outside [0, 1]" in reasons["float.tif"]
+    assert (out / "good.png").is_file() and (out / "deep.png").is_file()
+    with pytest.raises(errors.UserError, match="--out"):
+        prediction.predict_files(whole_predictor(tiny), paths, folder / "good.png" / "x")

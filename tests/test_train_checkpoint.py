@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from deconvnet_jax import checkpoint, optim, parallel, train_lib, weights
+from deconvnet_jax import checkpoint, errors, optim, parallel, train_lib, weights
 from deconvnet_jax.models import build_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -69,10 +69,16 @@ def _train(workdir, cache, **kw):
     )
 
 
-def _finish(proc, timeout=300):
+def _finish(proc, timeout=300, code=0):
     out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == code, out[-3000:]
     return out
+
+
+def _truncate(step_dir):
+    for f in (step_dir / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated files
 
 
 def _params(workdir):
@@ -128,7 +134,7 @@ def test_sigterm_saves_then_exits(cache, tmp_path):
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    out = _finish(proc)
+    out = _finish(proc, code=errors.EXIT_PREEMPTED)  # non-zero: `train.py && eval.py` stops
     assert "preempted at step" in out
     steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert steps and max(steps) >= 1
@@ -139,9 +145,7 @@ def test_corrupt_latest_falls_back(uninterrupted, cache, tmp_path, caplog):
 
     work = tmp_path / "copy"
     shutil.copytree(uninterrupted, work)
-    for f in (work / "checkpoints" / "6" / "state").rglob("*"):
-        if f.is_file() and f.stat().st_size > 0:
-            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated files
+    _truncate(work / "checkpoints" / "6")
     with caplog.at_level(logging.ERROR):
         got = _params(work)
     assert "incomplete or corrupt" in caplog.text
@@ -152,6 +156,42 @@ def test_corrupt_latest_falls_back(uninterrupted, cache, tmp_path, caplog):
     _assert_bitwise(got, _params(step4))
     with pytest.raises(AssertionError):
         _assert_bitwise(got, _params(uninterrupted))
+
+
+def test_corrupt_latest_is_moved_aside_and_saved_again(uninterrupted, cache, tmp_path):
+    """Issue 14.1: a truncated latest checkpoint (step 4) no longer blocks the run: it is moved
+    aside (not deleted), the run resumes from step 2, saves 4 and 6 again and ends bitwise equal
+    to the uninterrupted run; no asyncio tracebacks bury the message."""
+    import shutil
+
+    shutil.copytree(uninterrupted, tmp_path, dirs_exist_ok=True)
+    ckpts = tmp_path / "checkpoints"
+    shutil.rmtree(ckpts / "6")
+    (tmp_path / "final_metrics.json").unlink()
+    _truncate(ckpts / "4")
+    out = _finish(_train(tmp_path, cache, **{"train.num_steps": 6}))
+    assert "incomplete or corrupt" in out and "Event loop is closed" not in out, out[-3000:]
+    assert (ckpts / "4.corrupt-1" / "state").is_dir()  # kept for inspection
+    assert {p.name for p in ckpts.iterdir() if p.name.isdigit()} >= {"4", "6"}
+    _assert_bitwise(_params(tmp_path), _params(uninterrupted))
+
+
+def test_all_checkpoints_corrupt_is_an_error(uninterrupted, cache, tmp_path):
+    """Issue 14.2: no restorable checkpoint in the workdir -> exit EXIT_USER_ERROR with one line
+    naming the steps and how to start over; nothing trains, nothing is moved."""
+    import shutil
+
+    shutil.copytree(uninterrupted, tmp_path, dirs_exist_ok=True)
+    ckpts = tmp_path / "checkpoints"
+    steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    for step in steps:
+        _truncate(ckpts / str(step))
+    proc = _train(tmp_path, cache, **{"train.num_steps": 8})
+    out = _finish(proc, code=errors.EXIT_USER_ERROR)
+    lines = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in out, out[-3000:]
+    assert ", ".join(map(str, steps)) in lines[0] and "new --workdir" in lines[0]
+    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == steps
 
 
 def _tiny_state(mesh):

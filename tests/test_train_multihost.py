@@ -134,3 +134,74 @@ def test_train_py_two_processes(tmp_path):
     # only process 0 writes: one loss row per step, no duplicates
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
     assert (run / "final_metrics.json").is_file() and (run / "curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_both_save_the_same_step(tmp_path):
+    """Issue 14.3: SIGTERM to process 1 only. JAX's preemption sync service agrees a step, both
+    processes save it together (one checkpoint) and exit errors.EXIT_PREEMPTED; no hang."""
+    import signal
+    import time
+
+    from deconvnet_jax import errors
+
+    port = _free_port()
+    repo = HERE.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env.update(
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(repo),
+    )
+    overrides = {
+        "model.width_multiplier": 1 / 32,
+        "data.cache_dir": tmp_path / "cache",
+        "data.synthetic.num_train": 16,
+        "data.synthetic.num_val": 4,
+        "data.synthetic.image_size": 224,
+        "data.eval_size": 224,
+        "train.batch_size": 8,
+        "train.num_steps": 100000,
+        "train.eval_every": 0,
+        "train.checkpoint_every": 100000,
+        "train.log_every": 1,
+        "train.eval_batch_size": 8,
+    }
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(repo / "train.py"),
+        f"--workdir={run}",
+        f"--coordinator=127.0.0.1:{port}",
+        "--num_processes=2",
+        *[f"--config.{k}={v}" for k, v in overrides.items()],
+    ]
+    procs = [
+        subprocess.Popen(
+            cmd + [f"--process_id={i}"],
+            cwd=repo,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
+    try:
+        deadline = time.time() + 400
+        while not (run / "metrics.jsonl").is_file():  # process 0 logged step 1
+            assert all(p.poll() is None for p in procs) and time.time() < deadline
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == errors.EXIT_PREEMPTED, out[-3000:]
+    said = [line for out in outs for line in out.splitlines() if line.startswith("preempted at")]
+    assert len(said) == 2 and said[0] == said[1], said
+    step = int(said[0].split()[3].rstrip(";"))
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [step] and step >= 1

@@ -41,6 +41,7 @@ from etils import epath
 from PIL import Image
 from tqdm import tqdm
 
+from deconvnet_jax import errors
 from deconvnet_jax.data.voc import CLASS_NAMES, DataError, VOCDataset
 
 log = logging.getLogger(__name__)
@@ -417,7 +418,14 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--config", default="plain", choices=("plain", "aug"))
     parser.add_argument("--lenient", action="store_true", help="skip bad examples (counted)")
+    parser.add_argument("--debug", action="store_true", help="tracebacks of user errors")
     args = parser.parse_args(argv)
+    errors.report_user_errors(_build, debug=lambda: args.debug)(args)
+
+
+def _build(args) -> None:
+    if args.manual_dir and not epath.Path(args.manual_dir).exists():
+        raise DataError(f"--manual_dir {args.manual_dir}: no such folder")
     builder = prepare(args.data_dir, args.manual_dir, args.config, strict=not args.lenient)
     for name, split in builder.info.splits.items():
         print(f"{name}: {split.num_examples} examples")

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from deconvnet_jax.errors import UserError
+
 CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
     "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -30,7 +32,7 @@ NUM_CLASSES = 21
 IGNORE_LABEL = 255
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file and the problem."""
 
 
@@ -48,20 +50,55 @@ def voc_palette() -> np.ndarray:
     return palette
 
 
+# Images with more pixels are refused by name (a decompression bomb, or a scan far larger than
+# any canvas): 8192 x 8192. PIL's own limit (Image.MAX_IMAGE_PIXELS) is also reported by name.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
 def _open(path: pathlib.Path) -> Image.Image:
     try:
-        img = Image.open(path)
+        img = Image.open(path)  # reads the header only
+        if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
+            raise DataError(
+                f"{path}: {img.size[0]}x{img.size[1]} pixels is over the limit of "
+                f"{MAX_IMAGE_PIXELS} (data.voc.MAX_IMAGE_PIXELS); shrink it first"
+            )
         img.load()  # decode now: truncated files fail here, not later
         return img
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder, not an image") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(
+            f"{path}: refused, over the limit of {MAX_IMAGE_PIXELS} pixels "
+            f"(data.voc.MAX_IMAGE_PIXELS; PIL: {e})"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: corrupt or unreadable image ({e})") from None
 
 
+def _to_uint8(img: Image.Image, path) -> Image.Image:
+    """16-bit and 32-bit integer images scaled to 0..255 by their bit depth (PIL's convert would
+    clip them at 255); float images in [0, 1] scaled by 255; other float images refused."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img).astype(np.int64)
+        if a.min() < 0 or a.max() > 65535:
+            raise DataError(f"{path}: {img.mode} image with values outside 0..65535: refused")
+        # 16-bit PNGs (PIL opens them as I;16 or I): round(a * 255 / 65535), exactly in integers
+        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        a = np.asarray(img, np.float64)
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise DataError(f"{path}: float image with values outside [0, 1]: refused")
+        return Image.fromarray(np.rint(a * 255).astype(np.uint8), mode="L")
+    return img
+
+
 def read_image(path) -> np.ndarray:
-    """Reads an image as uint8 RGB [H, W, 3] (grayscale, RGBA, CMYK, palette converted)."""
-    img = _open(pathlib.Path(path))
+    """Reads an image as uint8 RGB [H, W, 3] (grayscale, RGBA, CMYK, palette converted; 16-bit
+    and [0, 1] float images scaled, see ``_to_uint8``; over MAX_IMAGE_PIXELS refused)."""
+    img = _to_uint8(_open(pathlib.Path(path)), path)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, np.uint8)

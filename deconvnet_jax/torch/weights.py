@@ -24,6 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
+from deconvnet_jax.errors import WeightsError
 from deconvnet_jax.interop.trees import checked, get_path, numpy_tree, set_path, to_numpy
 from deconvnet_jax.models.deconvnet import layer_paths
 from deconvnet_jax.models.fcn import UPSAMPLERS, fcn_layer_paths
@@ -128,6 +129,17 @@ def from_torch_state_dict(
     return out
 
 
+def _load_failure(error: Exception) -> str:
+    """A short reason for a failed weights-only torch.load (torch's own text advises
+    ``weights_only=False``, i.e. running the file's code: never repeated here)."""
+    text = str(error).strip()
+    if "Weights only load failed" in text:
+        lines = [line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines()]
+        detail = next((line for line in lines if line), "")
+        return f"not a plain tensor file: {detail[:120]}" if detail else "not a plain tensor file"
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def load_torch_checkpoint(path) -> dict:
     """torch.load(path, weights_only=True) of a bare state dict or {"state_dict"/"model": ...}.
 
@@ -143,13 +155,13 @@ def load_torch_checkpoint(path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (torch raises pickle, zip and runtime errors)
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a readable PyTorch state dict ({reason})") from None
+        reason = _load_failure(e)
+        raise WeightsError(f"{path}: not a readable PyTorch state dict ({reason})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+        raise WeightsError(f"{path}: expected a state dict, got {type(obj).__name__}")
     return {k.removeprefix("module.").removeprefix("layers."): v for k, v in obj.items()}
 
 
