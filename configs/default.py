@@ -22,6 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.bn_bias_init = 0.001  # the release's BN shift init
     config.model.unpool_impl = ""  # "" = pooling.DEFAULT_UNPOOL; "scatter" | "window"
     config.model.conv_impl = "auto"  # 3x3 layers: "direct" | "winograd" | "auto" (CPU: >=256 ch)
+    # 3x3 kernel gradient: "xla" | "patches" | "shifted" | "auto" (CPU: patches); conv_grad.py
+    config.model.conv_grad_impl = "auto"
     config.model.param_dtype = "float32"  # parameter dtype (float64 only for exactness checks)
 
     # --- data (deconvnet_jax/data) ----------------------------------------------

@@ -321,9 +321,30 @@ def finish(run: Run) -> dict:
     if jax.process_index() == 0:
         (run.workdir / "final_metrics.json").write_text(json.dumps(final, indent=2))
         viz.plot_training_curves(run.workdir / "metrics.jsonl", run.workdir / "curves.png")
+        if jax.process_count() == 1:
+            write_predictions(run, run.workdir / "predictions.png")
         if run.train_iter.report():
             log.warning(run.train_iter.report())
     return final
+
+
+def write_predictions(run: Run, out_png, num_images: int = 4) -> pathlib.Path | None:
+    """image | truth | prediction of the first ``num_images`` val images (the eval loader's
+    padded batch, predictions cropped back to each image) as ``out_png``."""
+    config = run.config
+    batch = next(iter(data_loader.make_eval_loader(config.data, config.data.val_split, num_images)))
+    dataset = data_loader.open_split(config.data, config.data.val_split)
+    variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
+    logits = jax.jit(functools.partial(run.model.apply, train=False))(variables, batch["image"])
+    preds = np.asarray(jax.device_get(logits)).argmax(-1)
+    examples = []
+    for image_id, pred, truth in zip(batch["id"], preds, batch["label"]):
+        if not image_id:  # padding example
+            continue
+        image = dataset.load(image_id)["image"]
+        h, w = min(image.shape[0], pred.shape[0]), min(image.shape[1], pred.shape[1])
+        examples.append((image[:h, :w], truth[:h, :w], pred[:h, :w]))
+    return viz.write_predictions(examples, out_png) if examples else None
 
 
 def train_and_evaluate(config, workdir) -> dict:

@@ -57,3 +57,14 @@ def side_by_side(
     for lab in ([truth] if truth is not None else []) + [pred]:
         panels.append((alpha * colorize(lab) + (1 - alpha) * image).astype(np.uint8))
     return np.concatenate(panels, axis=1)
+
+
+def write_predictions(examples, out_png, alpha: float = 0.5) -> pathlib.Path:
+    """One image | truth | prediction row (``side_by_side``) per (image uint8 [H, W, 3], truth
+    [H, W], prediction [H, W]) in ``examples``, rows stacked (right-padded black), as a PNG."""
+    rows = [side_by_side(img, truth, pred, alpha) for img, truth, pred in examples]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    out_png = pathlib.Path(out_png)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out_png)
+    return out_png

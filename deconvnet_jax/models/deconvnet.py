@@ -122,6 +122,9 @@ class DeconvNet(nn.Module):
       unpool_impl: "scatter" or "window" (None: pooling.DEFAULT_UNPOOL).
       conv_impl: 3x3 layers as "direct" convolutions, "winograd" F(2x2, 3x3), or "auto"
         (on CPU, Winograd where the input has >= 256 channels); see models/winograd.py.
+      conv_grad_impl: kernel gradient of the direct 3x3 layers: "xla", "patches" (im2col
+        matmuls), "shifted" (nine matmuls) or "auto" (patches on CPU, xla elsewhere); see
+        models/conv_grad.py.
     """
 
     num_classes: int = 21
@@ -134,6 +137,7 @@ class DeconvNet(nn.Module):
     bn_bias_init: float = 0.001
     unpool_impl: str | None = None
     conv_impl: str = "auto"
+    conv_grad_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

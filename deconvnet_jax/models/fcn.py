@@ -186,7 +186,7 @@ class FCN8s(nn.Module):
       width_multiplier: scales the encoder and fc6/fc7 channels (not the class maps).
       dtype: compute dtype; param_dtype: parameter dtype (float32).
       remat: rematerialise each encoder block and the fc block in the backward pass.
-      bn_momentum / bn_epsilon / bn_bias_init / conv_impl: as in DeconvNet.
+      bn_momentum / bn_epsilon / bn_bias_init / conv_impl / conv_grad_impl: as in DeconvNet.
     """
 
     num_classes: int = 21
@@ -198,6 +198,7 @@ class FCN8s(nn.Module):
     bn_epsilon: float = 1e-5
     bn_bias_init: float = 0.001
     conv_impl: str = "auto"
+    conv_grad_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -9,8 +9,8 @@ A network builds its factories once per call, as flax's examples/imagenet does::
     conv, deconv, norm = factories(self, train)   # functools.partial of Conv, Deconv, BatchNorm
     x = conv_bn_relu(x, conv, norm, "conv1_1", 64, 3, 1)
 
-so blocks receive every option (dtype, param_dtype, BN settings, conv_impl) through the partials
-instead of repeating them as attributes.
+so blocks receive every option (dtype, param_dtype, BN settings, conv_impl, conv_grad_impl)
+through the partials instead of repeating them as attributes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deconvnet_jax.models import winograd
+from deconvnet_jax.models import conv_grad, winograd
 
 # (block name, layer names, output channels at width 1) -- PAPER.md's table.
 ENCODER: tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...] = (
@@ -65,6 +65,7 @@ class Deconv(nn.Module):
     kernel_init: Initializer = DECODER_INIT
     use_bias: bool = True
     conv_impl: str = "direct"  # see winograd.use_winograd
+    conv_grad_impl: str = "xla"  # 3x3 kernel gradient: see conv_grad.resolve
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -81,13 +82,7 @@ class Deconv(nn.Module):
             y = winograd.conv3x3_same(x, kernel[::-1, ::-1])
         else:
             pad = k - 1 - self.padding
-            y = jax.lax.conv_general_dilated(
-                x,
-                kernel[::-1, ::-1],
-                window_strides=(1, 1),
-                padding=((pad, pad), (pad, pad)),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )
+            y = _correlate(x, kernel[::-1, ::-1], ((pad, pad), (pad, pad)), self.conv_grad_impl)
         return _add_bias(self, y)
 
 
@@ -107,6 +102,7 @@ class Conv(nn.Module):
     kernel_init: Initializer = ENCODER_INIT
     use_bias: bool = True
     conv_impl: str = "direct"  # see winograd.use_winograd
+    conv_grad_impl: str = "xla"  # 3x3 kernel gradient: see conv_grad.resolve
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -126,10 +122,23 @@ class Conv(nn.Module):
         elif winograd.use_winograd(self.conv_impl, k, padding, cin):
             y = winograd.conv3x3_same(x, kernel)
         else:
-            y = jax.lax.conv_general_dilated(
-                x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
+            y = _correlate(x, kernel, padding, self.conv_grad_impl)
         return _add_bias(self, y)
+
+
+def _correlate(x: jax.Array, kernel: jax.Array, padding, grad_impl: str) -> jax.Array:
+    """Stride-1 correlation; 3x3 kernels get conv_grad's kernel gradient unless it resolves to
+    XLA's own."""
+    explicit = conv_grad.explicit_padding(padding, kernel.shape[0])
+    if (
+        kernel.shape[:2] == (3, 3)
+        and explicit is not None
+        and conv_grad.resolve(grad_impl) != "xla"
+    ):
+        return conv_grad.conv3x3(x, kernel, explicit, grad_impl)
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def _add_bias(layer: nn.Module, y: jax.Array) -> jax.Array:
@@ -144,16 +153,17 @@ def factories(network: nn.Module, train: bool) -> tuple[ModuleDef, ModuleDef, Mo
     """The conv, deconv and BatchNorm factories of a network's options (for its blocks).
 
     Args:
-      network: a module with dtype, param_dtype, conv_impl, bn_momentum, bn_epsilon and
-        bn_bias_init attributes (DeconvNet, FCN8s).
+      network: a module with dtype, param_dtype, conv_impl, conv_grad_impl, bn_momentum,
+        bn_epsilon and bn_bias_init attributes (DeconvNet, FCN8s).
       train: BN normalises with the batch statistics (and updates the running averages) when
         True, with the running averages when False.
     Returns:
       (conv, deconv, norm): ``functools.partial`` of Conv, Deconv and nn.BatchNorm.
     """
     common = dict(dtype=network.dtype, param_dtype=network.param_dtype)
-    conv = functools.partial(Conv, conv_impl=network.conv_impl, **common)
-    deconv = functools.partial(Deconv, conv_impl=network.conv_impl, **common)
+    impls = dict(conv_impl=network.conv_impl, conv_grad_impl=network.conv_grad_impl)
+    conv = functools.partial(Conv, **impls, **common)
+    deconv = functools.partial(Deconv, **impls, **common)
     norm = functools.partial(
         nn.BatchNorm,
         use_running_average=not train,
@@ -192,4 +202,5 @@ def model_kwargs(model_config) -> dict[str, Any]:
         bn_epsilon=model_config.bn_epsilon,
         bn_bias_init=model_config.bn_bias_init,
         conv_impl=model_config.conv_impl,
+        conv_grad_impl=model_config.conv_grad_impl,
     )
