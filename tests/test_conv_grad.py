@@ -107,8 +107,8 @@ def test_layer_grads_equal_torch(impl, cls, padding):
 
 
 def test_resolve():
-    """auto -> patches on CPU, xla elsewhere; explicit names pass; a bad name names itself."""
-    assert conv_grad.resolve("auto") == ("patches" if jax.default_backend() == "cpu" else "xla")
+    """auto -> xla (the measured rule); explicit names pass; a bad name names itself."""
+    assert conv_grad.resolve("auto") == "xla"
     assert conv_grad.resolve("shifted") == "shifted"
     with pytest.raises(ValueError, match="'fast'"):
         conv_grad.resolve("fast")
