@@ -25,9 +25,14 @@ import pathlib
 import warnings
 from typing import Mapping, Sequence
 
+import jax
 import numpy as np
 
 from deconvnet_jax.interop import protowire as pw
+from deconvnet_jax.interop.trees import get_path, numpy_tree
+from deconvnet_jax.models.deconvnet import layer_paths
+from deconvnet_jax.models.fcn import CAFFE_LAYERS, fcn_layer_paths
+from deconvnet_jax.models.layers import ENCODER
 
 # NetParameter / V1 / V2 layer / BlobProto field numbers (CAFFE.md).
 NET_LAYERS_V1, NET_LAYER_V2 = 2, 100
@@ -88,7 +93,7 @@ def _parse_net(buf: memoryview, size: int) -> dict[str, list[np.ndarray]]:
             if blobs:
                 out[name] = blobs
     if n_layers == 0:
-        raise pw.WireError("no layers (NetParameter fields 2 / 100) found", 0 if size == 0 else size)
+        raise pw.WireError("no layers (NetParameter fields 2 / 100) found", 0)
     return out
 
 
@@ -174,8 +179,12 @@ def _finish_blob(data, legacy, shape, has_legacy, at: int) -> np.ndarray:
 
 
 def write_caffemodel(
-    path, layers: Sequence[tuple[str, str, Sequence[np.ndarray]]], version: int = 1,
-    legacy_shape: bool | None = None, packed: bool = True, name: str = "net",
+    path,
+    layers: Sequence[tuple[str, str, Sequence[np.ndarray]]],
+    version: int = 1,
+    legacy_shape: bool | None = None,
+    packed: bool = True,
+    name: str = "net",
 ) -> None:
     """Writes a NetParameter with `layers` ((name, V2 type string, blobs)).
 
@@ -229,3 +238,169 @@ def _blob_pieces(blob: np.ndarray, legacy: bool, packed: bool) -> list:
     rec = np.zeros(values.size, [("t", "u1"), ("v", values.dtype)])
     rec["t"], rec["v"] = tag[0], values
     return [head, memoryview(rec).cast("B")]
+
+
+# ---- mapping to the networks -------------------------------------------------------------------
+
+VGG_LAYERS = tuple(n for _, names, _ in ENCODER for n in names) + ("fc6", "fc7")
+
+
+def deconvnet_caffe_names() -> dict[str, tuple[str, str | None]]:
+    """Module name here -> (the release's layer name, its BN layer's name or None)."""
+    out = {}
+    for layer in layer_paths():
+        if layer.startswith("conv"):
+            out[layer] = (layer, "bn" + layer[4:])
+        elif layer in ("fc6", "fc7"):
+            out[layer] = (layer, "bn" + layer)
+        elif layer == "fc6_deconv":
+            out[layer] = ("fc6-deconv", "fc6-deconv-bn")
+        elif layer.startswith("deconv"):
+            out[layer] = (layer, "debn" + layer[6:])
+        else:
+            out[layer] = ("seg-score-voc", None)
+    return out
+
+
+def detect(blobs: Mapping[str, list]) -> str:
+    """ "deconvnet", "fcn8s_caffe" or "vgg16" from the layer names, or a ValueError listing them."""
+    names = set(blobs)
+    if {"fc6-deconv", "seg-score-voc"} <= names:
+        return "deconvnet"
+    if {"score-fr", "score2", "upsample"} <= names:
+        return "fcn8s_caffe"
+    if set(VGG_LAYERS) <= names:
+        return "vgg16"
+    raise ValueError(
+        "not a DeconvNet, public FCN-8s or VGG16 caffemodel; layers with weights: "
+        + ", ".join(blobs)
+    )
+
+
+def _blob(blobs, layer: str, i: int, shape, source: str, dtype=np.float32) -> np.ndarray:
+    if layer not in blobs or len(blobs[layer]) <= i:
+        raise KeyError(f"{source}: layer {layer!r} has no blob {i}")
+    value = blobs[layer][i]
+    if value.size != int(np.prod(shape)):
+        raise ValueError(
+            f"{source}: layer {layer!r} blob {i} has shape {value.shape}, expected {tuple(shape)}"
+        )
+    return np.asarray(value, dtype).reshape(shape)
+
+
+def _put_kernel(node: dict, blobs, layer: str, transposed: bool, source: str) -> None:
+    """node's kernel (or frozen_kernel) and bias from a Caffe conv / deconv layer's blobs."""
+    key = "kernel" if "kernel" in node else "frozen_kernel"
+    (kh, kw, cin, cout), dt = node[key].shape, node[key].dtype
+    if transposed:  # [in, out, kh, kw]
+        w = _blob(blobs, layer, 0, (cin, cout, kh, kw), source, dt).transpose(2, 3, 0, 1)
+    else:  # [out, in, kh, kw] (InnerProduct [out, in * kh * kw] reshapes to it)
+        w = _blob(blobs, layer, 0, (cout, cin, kh, kw), source, dt).transpose(2, 3, 1, 0)
+    node[key] = np.ascontiguousarray(w)
+    if "bias" in node:
+        node["bias"] = _blob(blobs, layer, 1, node["bias"].shape, source, dt)
+
+
+def _deconvnet(blobs, out: dict, bn_mode: str, eps: float, source: str) -> None:
+    paths = layer_paths()
+    for layer, (cname, bn_name) in deconvnet_caffe_names().items():
+        transposed = layer == "fc6_deconv" or layer.startswith("deconv")
+        _put_kernel(get_path(out["params"], paths[layer]), blobs, cname, transposed, source)
+        if bn_name is None:
+            continue
+        bn_path = paths[layer][:-1] + (layer + "_bn",)
+        bn, stats = get_path(out["params"], bn_path), get_path(out["batch_stats"], bn_path)
+        for i, leaf in enumerate(("scale", "bias")):
+            bn[leaf] = _blob(blobs, bn_name, i, bn[leaf].shape, source, bn[leaf].dtype)
+        stats["mean"] = np.zeros_like(stats["mean"])
+        # INFERENCE: (x - 0) / sqrt(var + eps) == x, so BN computes scale * x + shift.
+        var = (1.0 - eps) if bn_mode == "inference" else 1.0
+        stats["var"] = np.full_like(stats["var"], var)
+
+
+def _fcn8s_caffe(blobs, out: dict, source: str) -> None:
+    for cname in VGG_LAYERS + tuple(CAFFE_LAYERS):
+        name = CAFFE_LAYERS.get(cname, cname)
+        node = get_path(out["params"], fcn_layer_paths()[name])
+        _put_kernel(node, blobs, cname, cname in ("score2", "score4", "upsample"), source)
+
+
+def _vgg16(blobs, out: dict, model: str, source: str) -> None:
+    """Encoder + fc6/fc7 (their BN layers, if any, keep `out`'s values)."""
+    paths = layer_paths() if model == "deconvnet" else fcn_layer_paths()
+    for layer in VGG_LAYERS:
+        _put_kernel(get_path(out["params"], paths[layer]), blobs, layer, False, source)
+
+
+def bn_mode_of(path) -> str:
+    """ "inference" if the file name says so (DeconvNet_trainval_inference.caffemodel), else
+    "learn" (stage_1/2_train_result.caffemodel): the mode is not stored with the weights."""
+    return "inference" if "inference" in pathlib.Path(path).name.lower() else "learn"
+
+
+def caffemodel_to_flax(
+    path, like, model: str = "deconvnet", bn_mode: str | None = None, bn_epsilon: float = 1e-5
+) -> dict:
+    """A caffemodel's weights in variables shaped like `like` (the .caffemodel slot of
+    weights.load_weights).
+
+    Args:
+      path: a DeconvNet, public FCN-8s or VGG16 caffemodel (detect()).
+      like: variables of the target network; a VGG16 file fills the encoder and fc6/fc7 and the
+        other layers keep like's values.
+      model: the target's config.model.name ("deconvnet", "fcn8s", "fcn8s_caffe").
+      bn_mode: "inference" | "learn" for a DeconvNet file (None: bn_mode_of(path)).
+      bn_epsilon: the target's BN epsilon (INFERENCE files: var = 1 - epsilon).
+    Raises:
+      CaffeFormatError (unreadable file), ValueError (unknown net, or not the target's kind,
+      listing the layers), KeyError / ValueError naming the file and the layer of a bad blob.
+    Warns:
+      MissingBatchStatsWarning for a LEARN-mode DeconvNet file.
+    """
+    source = str(path)
+    blobs = read_caffemodel(path)
+    kind = detect(blobs)
+    like = {"params": like["params"], "batch_stats": like.get("batch_stats", {})}
+    if kind == "vgg16":  # the other layers keep like's values
+        out = numpy_tree(like)
+    else:  # every leaf comes from the file: only like's shapes and dtypes matter
+        out = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
+    if kind == "vgg16" and model in ("deconvnet", "fcn8s", "fcn8s_caffe"):
+        _vgg16(blobs, out, "deconvnet" if model == "deconvnet" else "fcn8s", source)
+    elif kind == model == "deconvnet":
+        mode = bn_mode or bn_mode_of(path)
+        _deconvnet(blobs, out, mode, bn_epsilon, source)
+        if mode == "learn":
+            warnings.warn(
+                f"{source}: LEARN-mode DeconvNet weights hold no BN statistics (mean 0, var 1 "
+                "placeholders loaded); recompute them before evaluating: eval.py --recompute_bn N",
+                MissingBatchStatsWarning,
+                stacklevel=2,
+            )
+    elif kind == model == "fcn8s_caffe":
+        _fcn8s_caffe(blobs, out, source)
+    else:
+        raise ValueError(f"{source}: a {kind} caffemodel cannot initialise model {model!r}")
+    return out
+
+
+def load_caffemodel(path, bn_mode: str | None = None, dtype=np.float32):
+    """(model, variables) of the release's DeconvNet or the public FCN-8s caffemodel.
+
+    A VGG16 file is no segmentation network: use ``--config.init_from=<file>`` (weights.py).
+    """
+    import jax.numpy as jnp
+
+    from deconvnet_jax.models.deconvnet import DeconvNet
+    from deconvnet_jax.models.fcn import FCN8s
+
+    kind = detect(read_caffemodel(path))
+    if kind == "vgg16":
+        raise ValueError(f"{path}: a VGG16 caffemodel; use it as --config.init_from={path}")
+    if kind == "deconvnet":
+        model = DeconvNet(param_dtype=dtype, dtype=dtype)
+    else:
+        model = FCN8s(batch_norm=False, param_dtype=dtype, dtype=dtype)
+    like = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3), dtype))
+    like = {"params": like["params"], "batch_stats": like.get("batch_stats", {})}
+    return model, caffemodel_to_flax(path, like, kind, bn_mode, model.bn_epsilon)
