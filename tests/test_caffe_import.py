@@ -174,3 +174,14 @@ def test_unmappable_file_lists_its_layers(tmp_path):
     )
     with pytest.raises(ValueError, match="layers with weights: conv_a, ip_b"):
         caffe.load_caffemodel(path)
+
+
+def test_caffe_config_is_the_release_network_and_input():
+    from configs import default
+    from deconvnet_jax import evaluation
+
+    config = default.get_config()
+    config.model.width_multiplier, config.data.normalization = 0.25, "imagenet"
+    out = evaluation.caffe_config(config, "fcn8s_caffe")
+    assert (out.model.name, out.model.width_multiplier) == ("fcn8s_caffe", 1.0)
+    assert out.data.normalization == "caffe_bgr" and config.model.width_multiplier == 0.25
