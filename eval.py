@@ -12,8 +12,8 @@ Variants: DeconvNet, DeconvNet+CRF (pydensecrf2 installed), EDeconvNet and EDeco
 """
 
 import logging
-import sys
 import os
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging

@@ -8,8 +8,8 @@ Writes <out>/<name>.png and <out>/<name>_overlay.jpg for the most complete varia
 """
 
 import logging
-import sys
 import os
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
