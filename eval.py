@@ -5,12 +5,15 @@
       --config.infer.proposals=edge_boxes --config.infer.edge_model=/models/model.yml.gz \
       --ensemble runs/fcn8s --ensemble_rule product --save_predictions
   python eval.py --torch_weights deconvnet.pth --config.data.voc_root=... --config.infer.mode=whole
+  python eval.py --caffe_weights DeconvNet_trainval_inference.caffemodel \
+      --ensemble fcn-8s-pascal.caffemodel --config.data.voc_root=... --out runs/release_eval
 Variants: DeconvNet, DeconvNet+CRF (pydensecrf2 installed), EDeconvNet and EDeconvNet+CRF
 (--ensemble). Settings: configs/infer.py (config.infer.*). Output: <out>/results.md, results.json.
 """
 
 import logging
 import os
+import sys
 
 from absl import flags
 from absl import logging as absl_logging
@@ -22,10 +25,18 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 errors.define_config_file("config", os.path.join(_HERE, "configs", "infer.py"), "Config file.")
 flags.DEFINE_string("workdir", "runs/demo", "Training run directory (checkpoints/, config.json).")
 flags.DEFINE_string(
+    "caffe_weights",
+    "",
+    "The release's DeconvNet caffemodel (e.g. DeconvNet_trainval_inference.caffemodel) instead "
+    "of --workdir; --ensemble may then be fcn-8s-pascal.caffemodel.",
+)
+flags.DEFINE_string(
     "torch_weights", "", "A PyTorch DeconvNet state dict (.pth) instead of --workdir."
 )
 flags.DEFINE_string(
-    "ensemble", "", "FCN-8s run directory: adds EDeconvNet (config.infer.ensemble)."
+    "ensemble",
+    "",
+    "FCN-8s run directory or fcn-8s-pascal.caffemodel: adds EDeconvNet (config.infer.ensemble).",
 )
 flags.DEFINE_enum(
     "ensemble_rule",
@@ -47,15 +58,21 @@ def main(argv):
     logging.getLogger("deconvnet_jax").setLevel(logging.INFO)
     from deconvnet_jax import evaluation, inference  # after flags: fast --help
 
-    run_config = None if FLAGS.torch_weights else evaluation.load_run_config(FLAGS.workdir)
+    external = FLAGS.caffe_weights or FLAGS.torch_weights
+    run_config = None if external else evaluation.load_run_config(FLAGS.workdir)
     config = evaluation.resolve_config(
         FLAGS.config, config_flags.get_override_values(FLAGS["config"]), run_config
     )
+    if FLAGS.caffe_weights:
+        config = evaluation.caffe_config(config)
     if FLAGS.ensemble:
         config.infer.ensemble = FLAGS.ensemble
     if FLAGS.ensemble_rule:
         config.infer.ensemble_rule = FLAGS.ensemble_rule
-    net = evaluation.load_net(config, FLAGS.torch_weights or FLAGS.workdir, config.infer.best)
+    try:
+        net = evaluation.load_net(config, external or FLAGS.workdir, config.infer.best)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        sys.exit(f"error: {e}")  # one line naming the file, no traceback
     extras = evaluation.load_extras(config)
     predictor = inference.Predictor(net, config.infer, fcn=extras["fcn"])
     out = FLAGS.out or os.path.join(FLAGS.workdir or ".", f"eval_{config.infer.split}")

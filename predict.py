@@ -9,6 +9,7 @@ Writes <out>/<name>.png and <out>/<name>_overlay.jpg for the most complete varia
 
 import logging
 import os
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -22,9 +23,17 @@ flags.DEFINE_string("input", None, "An image file or a folder of images.", requi
 flags.DEFINE_string("out", "predictions", "Output folder.")
 flags.DEFINE_string("workdir", "runs/demo", "Training run directory (checkpoints/, config.json).")
 flags.DEFINE_string(
+    "caffe_weights",
+    "",
+    "The release's DeconvNet caffemodel (e.g. DeconvNet_trainval_inference.caffemodel) instead "
+    "of --workdir; --ensemble may then be fcn-8s-pascal.caffemodel.",
+)
+flags.DEFINE_string(
     "torch_weights", "", "A PyTorch DeconvNet state dict (.pth) instead of --workdir."
 )
-flags.DEFINE_string("ensemble", "", "FCN-8s run directory (EDeconvNet).")
+flags.DEFINE_string(
+    "ensemble", "", "FCN-8s run directory or fcn-8s-pascal.caffemodel (EDeconvNet)."
+)
 flags.DEFINE_enum("ensemble_rule", None, ["product", "mean"], "EDeconvNet rule.")
 flags.DEFINE_string("variant", "", "DeconvNet | DeconvNet+CRF | EDeconvNet | EDeconvNet+CRF.")
 flags.DEFINE_bool("debug", False, "Show tracebacks of user errors (bad flags, files, weights).")
@@ -37,13 +46,19 @@ def main(argv):
     logging.getLogger("deconvnet_jax").setLevel(logging.INFO)
     from deconvnet_jax import evaluation, inference, prediction
 
-    run_config = None if FLAGS.torch_weights else evaluation.load_run_config(FLAGS.workdir)
+    external = FLAGS.caffe_weights or FLAGS.torch_weights
+    run_config = None if external else evaluation.load_run_config(FLAGS.workdir)
     config = evaluation.resolve_config(
         FLAGS.config, config_flags.get_override_values(FLAGS["config"]), run_config
     )
+    if FLAGS.caffe_weights:
+        config = evaluation.caffe_config(config)
     config.infer.ensemble = FLAGS.ensemble or config.infer.ensemble
     config.infer.ensemble_rule = FLAGS.ensemble_rule or config.infer.ensemble_rule
-    net = evaluation.load_net(config, FLAGS.torch_weights or FLAGS.workdir, config.infer.best)
+    try:
+        net = evaluation.load_net(config, external or FLAGS.workdir, config.infer.best)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        sys.exit(f"error: {e}")  # one line naming the file, no traceback
     extras = evaluation.load_extras(config)
     variant = FLAGS.variant or prediction.final_variant(extras["variants"])
     if variant not in extras["variants"]:

@@ -84,6 +84,15 @@ def load_net(config, weights_path: str, best: bool = False) -> inference.Net:
     return inference.Net(apply, variables, config.data.normalization)
 
 
+def caffe_config(config, model_name: str = "deconvnet") -> ml_collections.ConfigDict:
+    """``config`` for a release caffemodel: model ``model_name`` at width 1 and the release's
+    input (BGR 0-255 minus the mean: ``caffe_bgr``)."""
+    out = ml_collections.ConfigDict(config.to_dict())
+    out.model.name, out.model.width_multiplier = model_name, 1.0
+    out.data.normalization = "caffe_bgr"
+    return out
+
+
 def load_extras(config) -> dict:
     """FCN-8s (config.infer.ensemble), ensemble.combine and dense_crf, each when asked for and
     available; what is missing is reported and its variants are skipped.
@@ -98,12 +107,14 @@ def load_extras(config) -> dict:
             from deconvnet_jax.postprocess import ensemble
 
             run = load_run_config(infer.ensemble)
-            if run is None:
+            if str(infer.ensemble).endswith(weights.CAFFE_SUFFIX):  # the public FCN-8s
+                run = caffe_config(config, "fcn8s_caffe")
+            elif run is None:
                 raise FileNotFoundError(
                     f"{infer.ensemble}/config.json not found (an FCN-8s run dir)"
                 )
             run = resolve_config(config, {}, run)
-            if run.model.name != "fcn8s":
+            if run.model.name not in ("fcn8s", "fcn8s_caffe"):
                 raise ValueError(f"{infer.ensemble} is a {run.model.name!r} run, not fcn8s")
             fcn = load_net(run, infer.ensemble, best=infer.best)
             out.update(fcn=fcn, combine=ensemble.combine)

@@ -13,16 +13,19 @@ import flax.traverse_util
 import jax
 import optax
 
-GROUPS = ("kernel", "bias", "bn")
+GROUPS = ("kernel", "bias", "bn", "frozen")
 
 
 def param_groups(params) -> dict:
-    """Labels every parameter: 'kernel' (conv/deconv weights), 'bias' (their biases) or 'bn'."""
+    """Labels every parameter: 'kernel' (conv/deconv weights), 'bias' (their biases), 'bn', or
+    'frozen' (leaves named ``frozen_*``: never updated, as Caffe's blobs_lr 0)."""
     flat = flax.traverse_util.flatten_dict(params)
     labels = {}
     for path in flat:
         module, leaf = path[-2], path[-1]
-        if module.endswith("_bn"):
+        if leaf.startswith("frozen_"):
+            labels[path] = "frozen"
+        elif module.endswith("_bn"):
             labels[path] = "bn"
         elif leaf == "kernel":
             labels[path] = "kernel"
@@ -75,6 +78,7 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
         "kernel": optax.chain(decay, _base(optim_config.name, schedule, optim_config)),
         "bias": _base(optim_config.name, bias_schedule, optim_config),
         "bn": _base(optim_config.name, schedule, optim_config),
+        "frozen": optax.set_to_zero(),
     }
     tx = optax.multi_transform(groups, param_groups)
     if optim_config.clip_norm:

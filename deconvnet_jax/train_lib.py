@@ -76,7 +76,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, seed: in
                 rngs={"dropout": dropout_key},
             )
             loss, count = pixel_cross_entropy(logits, batch["label"])
-            return loss, (updates["batch_stats"], count, logits)
+            # a network without BN (the public FCN-8s) has no batch_stats to update
+            return loss, (updates.get("batch_stats", {}), count, logits)
 
         (loss, (batch_stats, count, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params

@@ -186,6 +186,15 @@ def setup(config, workdir) -> Run:
     shapes = jax.eval_shape(init_fn)
     shardings = parallel.state_shardings(shapes, mesh, config.mesh.shard_all)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+    if str(config.init_from).endswith(weights.CAFFE_SUFFIX) and (
+        config.data.normalization != "caffe_bgr"
+    ):
+        log.warning(
+            "config.init_from=%s: Caffe weights expect BGR 0-255 mean-subtracted input, but "
+            "config.data.normalization=%r (set it to 'caffe_bgr')",
+            config.init_from,
+            config.data.normalization,
+        )
     t0 = time.perf_counter()
     state, data_state, how = checkpoint.restore_or_init(
         config,

@@ -11,6 +11,9 @@ State-dict keys follow the original layer names: ``<layer>.weight|bias`` and
 - FCN-8s: conv1_1 padded by 100, MaxPool2d(2, 2, ceil_mode=True), fc6 7x7 / fc7 1x1 convs (+ BN +
   ReLU, as in DeconvNet), 1x1 score layers, ConvTranspose2d(bias=False) upsampling and crops at
   offsets 5, 9, 31.
+- The public FCN-8s (``fcn8s_caffe_forward``): a functional forward over Caffe blobs by Caffe
+  layer name (no BN, dropout masks given, score2 with bias), for the ``FCN8s(batch_norm=False)``
+  parity test and Caffe-import tests.
 """
 
 from __future__ import annotations
@@ -207,3 +210,45 @@ class FCN8sTorch(VGGBNTorch):
         up = up + self._crop(layer["score_pool3"](pools[2]), crops["pool3"], up.shape[-2:])
         up = layer["upscore8"](up)
         return self._crop(up, crops["score"], (h, w))
+
+
+def fcn8s_caffe_forward(
+    blobs: dict[str, list[torch.Tensor]],
+    x: torch.Tensor,
+    drop_masks: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The public FCN-8s (``fcn-8s-pascal-deploy.prototxt``) written directly over Caffe blobs
+    with torch functional ops: [B, 3, H, W] -> logits [B, C, H, W].
+
+    Args:
+      blobs: Caffe layer name -> [weight, bias?] in Caffe layouts (convolution [out, in, kh, kw],
+        deconvolution [in, out, kh, kw], as F.conv_transpose2d takes it).
+      x: NCHW input.
+      drop_masks: {"drop6", "drop7"} -> 0/1 masks of fc6 / fc7's shape (training: the kept units
+        are scaled by 2, dropout 0.5); None: deploy (no dropout).
+    """
+    F = torch.nn.functional
+
+    def conv(name, x, pad=0):
+        return F.conv2d(x, *blobs[name][:2], padding=pad)
+
+    def crop(t, offset, hw):
+        return t[:, :, offset : offset + hw[0], offset : offset + hw[1]]
+
+    h, w = x.shape[-2:]
+    pools = []
+    for names, _ in VGG_BLOCKS:
+        for name in names:
+            x = torch.relu(conv(name, x, FCN_PAD if name == "conv1_1" else 1))
+        x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+        pools.append(x)
+    for name, drop in (("fc6", "drop6"), ("fc7", "drop7")):
+        x = torch.relu(conv(name, x))
+        if drop_masks is not None:
+            x = x * drop_masks[drop] * 2.0
+    up = F.conv_transpose2d(conv("score-fr", x), *blobs["score2"][:2], stride=2)
+    up = up + crop(conv("score-pool4", pools[3]), FCN_CROPS["pool4"], up.shape[-2:])
+    up = F.conv_transpose2d(up, blobs["score4"][0], stride=2)
+    up = up + crop(conv("score-pool3", pools[2]), FCN_CROPS["pool3"], up.shape[-2:])
+    up = F.conv_transpose2d(up, blobs["upsample"][0], stride=8)
+    return crop(up, FCN_CROPS["score"], (h, w))
