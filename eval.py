@@ -5,12 +5,14 @@
       --config.infer.proposals=edge_boxes --config.infer.edge_model=/models/model.yml.gz \
       --ensemble runs/fcn8s --ensemble_rule product --save_predictions
   python eval.py --torch_weights deconvnet.pth --config.data.voc_root=... --config.infer.mode=whole
+  python eval.py --workdir runs/s2 --recompute_bn 500 ...   # the release's BN statistics first
 Variants: DeconvNet, DeconvNet+CRF (pydensecrf2 installed), EDeconvNet and EDeconvNet+CRF
 (--ensemble). Settings: configs/infer.py (config.infer.*). Output: <out>/results.md, results.json.
 """
 
 import logging
 import os
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -33,6 +35,12 @@ flags.DEFINE_enum(
     ["product", "mean"],
     "EDeconvNet rule: product (the release) or mean (the paper).",
 )
+flags.DEFINE_integer(
+    "recompute_bn",
+    0,
+    "Recompute the BN statistics over N training batches first (the release's step; for "
+    "weights without usable statistics, e.g. LEARN-mode Caffe stage results). 0 = keep them.",
+)
 flags.DEFINE_string("out", "", "Output folder (default <workdir>/eval_<split>).")
 flags.DEFINE_bool(
     "save_predictions", False, "Write palette PNGs and image|truth|prediction overlays."
@@ -54,7 +62,14 @@ def main(argv):
         config.infer.ensemble = FLAGS.ensemble
     if FLAGS.ensemble_rule:
         config.infer.ensemble_rule = FLAGS.ensemble_rule
-    net = evaluation.load_net(config, FLAGS.torch_weights or FLAGS.workdir, config.infer.best)
+    if FLAGS.recompute_bn < 0:
+        sys.exit(f"eval.py: --recompute_bn must be >= 0, got {FLAGS.recompute_bn}")
+    try:
+        net = evaluation.load_net(
+            config, FLAGS.torch_weights or FLAGS.workdir, config.infer.best, FLAGS.recompute_bn
+        )
+    except ValueError as e:  # bad weights / --recompute_bn on a net without BN: one line
+        sys.exit(f"eval.py: {e}")
     extras = evaluation.load_extras(config)
     predictor = inference.Predictor(net, config.infer, fcn=extras["fcn"])
     out = FLAGS.out or os.path.join(FLAGS.workdir or ".", f"eval_{config.infer.split}")

@@ -5,8 +5,11 @@ checked in float64 at conv1_1 (a torch conv) and at fc6 (2x2 maps: the factor is
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
+from configs import fcn8s_caffe
+from deconvnet_jax import evaluation
 from deconvnet_jax.bn_stats import bn_counts, recompute_batch_stats
 from deconvnet_jax.models.fcn import FCN8s
 from tests.nets import random_variables
@@ -55,3 +58,12 @@ def test_statistics_equal_a_numpy_average_with_the_unbiased_factor():
     assert counts[("fc", "fc6_bn")] == 8 and counts[("fc", "fc7_bn")] == 8
     # every BN layer got new statistics
     assert jax.tree.structure(new) == jax.tree.structure(variables["batch_stats"])
+
+
+def test_eval_recompute_bn_rejects_bad_requests_by_name():
+    config = fcn8s_caffe.get_config()
+    params = {"params": {"score_fr": {"kernel": np.zeros((1, 1, 2, 3))}}, "batch_stats": {}}
+    with pytest.raises(ValueError, match="--recompute_bn must be >= 0, got -1"):
+        evaluation.recompute_bn_stats(config, None, params, -1)
+    with pytest.raises(ValueError, match="model 'fcn8s_caffe' has no BN layers"):
+        evaluation.recompute_bn_stats(config, None, params, 5)
