@@ -7,6 +7,7 @@
   python eval.py --torch_weights deconvnet.pth --config.data.voc_root=... --config.infer.mode=whole
   python eval.py --caffe_weights DeconvNet_trainval_inference.caffemodel \
       --ensemble fcn-8s-pascal.caffemodel --config.data.voc_root=... --out runs/release_eval
+  python eval.py --workdir runs/s2 --recompute_bn 500 ...   # the release's BN statistics first
 Variants: DeconvNet, DeconvNet+CRF (pydensecrf2 installed), EDeconvNet and EDeconvNet+CRF
 (--ensemble). Settings: configs/infer.py (config.infer.*). Output: <out>/results.md, results.json.
 """
@@ -44,6 +45,12 @@ flags.DEFINE_enum(
     ["product", "mean"],
     "EDeconvNet rule: product (the release) or mean (the paper).",
 )
+flags.DEFINE_integer(
+    "recompute_bn",
+    0,
+    "Recompute the BN statistics over N training batches first (the release's step; for "
+    "weights without usable statistics, e.g. LEARN-mode Caffe stage results). 0 = keep them.",
+)
 flags.DEFINE_string("out", "", "Output folder (default <workdir>/eval_<split>).")
 flags.DEFINE_bool(
     "save_predictions", False, "Write palette PNGs and image|truth|prediction overlays."
@@ -69,8 +76,12 @@ def main(argv):
         config.infer.ensemble = FLAGS.ensemble
     if FLAGS.ensemble_rule:
         config.infer.ensemble_rule = FLAGS.ensemble_rule
+    if FLAGS.recompute_bn < 0:
+        sys.exit(f"error: --recompute_bn must be >= 0, got {FLAGS.recompute_bn}")
     try:
-        net = evaluation.load_net(config, external or FLAGS.workdir, config.infer.best)
+        net = evaluation.load_net(
+            config, external or FLAGS.workdir, config.infer.best, FLAGS.recompute_bn
+        )
     except (FileNotFoundError, KeyError, ValueError) as e:
         sys.exit(f"error: {e}")  # one line naming the file, no traceback
     extras = evaluation.load_extras(config)

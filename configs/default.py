@@ -53,12 +53,23 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.synthetic.image_size = 256
 
     # --- optimiser (deconvnet_jax/optim.py): the release's recipe ------------------
+    # (stage1_solver.prototxt + the lr / decay multipliers of stage1_train.prototxt, CAFFE.md)
     config.optim = ml_collections.ConfigDict()
-    config.optim.name = "sgd"  # "sgd" (momentum) | "adam" | "adamw"
-    config.optim.lr = 0.01
+    # "sgd" (momentum; the release) | "adam" (Adam, L2 added to the gradient) | "adamw" (decoupled
+    # weight decay, optax.adamw)
+    config.optim.name = "sgd"
+    config.optim.lr = 0.01  # base_lr
     config.optim.momentum = 0.9
-    config.optim.weight_decay = 5e-4  # kernels only
-    config.optim.bias_lr_mult = 2.0
+    # "caffe" (the release): v = momentum * v + lr * (g + wd * w), w -= v -- the lr sits inside
+    # the velocity, so after a schedule step the old velocity decays at its old lr.
+    # "optax" (optax.sgd): the velocity accumulates g + wd * w and lr multiplies it at each
+    # update, so a schedule step rescales the whole velocity at once.
+    config.optim.momentum_style = "caffe"
+    config.optim.weight_decay = 5e-4  # conv/deconv kernels (decay_mult 1); never biases
+    # BN scale and shift: the release's BN layers set no multipliers, so Caffe's defaults apply
+    # (lr x1, decay x1): True decays them with weight_decay like kernels; False: no decay.
+    config.optim.bn_weight_decay = True
+    config.optim.bias_lr_mult = 2.0  # biases: lr x2, no decay (blobs_lr 2, weight_decay 0)
     config.optim.schedule = "step"  # "step" | "constant" | "cosine"
     config.optim.decay_steps = (9000,)
     config.optim.gamma = 0.1

@@ -1,9 +1,10 @@
 """Stage 1 of the release's recipe (PAPER.md "Training recipe"): object-centred crops.
 
 VOC 2012 train + SBD (train_aug, ~10.5k images); crops around ground-truth boxes enlarged 1.2x,
-resized to 250, random 224 crop + flip, BGR mean subtracted. SGD momentum 0.9, weight decay 5e-4,
-base lr 0.01 (biases x2), step policy gamma 0.1 at 9000 of 20000 iterations, batch 64 = 8 x 8
-accumulated (BN statistics per micro-batch of 8). Encoder/fc6/fc7 from ImageNet VGG16.
+resized to 250, random 224 crop + flip, BGR mean subtracted. Caffe SGD (lr inside the velocity)
+momentum 0.9, weight decay 5e-4 on kernels and BN scale / shift, base lr 0.01 (biases x2, no
+decay), step policy gamma 0.1 at 9000 of 20000 iterations, batch 64 = 8 x 8 accumulated (BN
+statistics per micro-batch of 8). Encoder/fc6/fc7 from ImageNet VGG16.
 
   python train.py --config configs/voc_stage1.py --workdir runs/s1 \
       --config.data.voc_root=/data/VOCdevkit/VOC2012 \
@@ -25,7 +26,9 @@ def get_config():
     config.optim.name = "sgd"
     config.optim.lr = 0.01
     config.optim.momentum = 0.9
+    config.optim.momentum_style = "caffe"  # lr inside the velocity, as Caffe's SGD
     config.optim.weight_decay = 5e-4
+    config.optim.bn_weight_decay = True  # BN scale / shift decayed too (Caffe's default mult 1)
     config.optim.bias_lr_mult = 2.0
     config.optim.schedule = "step"
     config.optim.decay_steps = (9000,)  # optimiser updates (iterations of 64 images)

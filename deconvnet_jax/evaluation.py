@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from deconvnet_jax import inference, viz, weights
+from deconvnet_jax import bn_stats, inference, viz, weights
 from deconvnet_jax.data import loader as data_loader
 from deconvnet_jax.data.voc import CLASS_NAMES, IGNORE_LABEL, DataError
 from deconvnet_jax.metrics import compute_metrics, confusion_matrix, markdown_table
@@ -67,18 +67,23 @@ def resolve_config(config, overrides: dict, run_config=None) -> ml_collections.C
     return merged
 
 
-def load_net(config, weights_path: str, best: bool = False) -> inference.Net:
+def load_net(config, weights_path: str, best: bool = False, recompute_bn: int = 0) -> inference.Net:
     """The network of ``config.model`` for inference, with its weights.
 
     Args:
       config: the resolved config (config.model builds the network).
       weights_path: a training run directory, a .pth or a .caffemodel (weights.load_weights).
       best: for a run directory, its best-mIoU checkpoint instead of the latest.
+      recompute_bn: if > 0, replace the BN statistics by the release's recompute over this many
+        training batches (config.data's train split, config.train.batch_size; bn_stats.py):
+        for weights without usable statistics (LEARN-mode Caffe stage results).
     """
     model = build_model(config.model)
     size = config.data.crop_size
     like = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
     variables = weights.load_weights(weights_path, like, config.model.name, best=best)
+    if recompute_bn:
+        variables = recompute_bn_stats(config, model, variables, recompute_bn)
     variables = jax.device_put(variables)
     apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
     return inference.Net(apply, variables, config.data.normalization)
@@ -91,6 +96,17 @@ def caffe_config(config, model_name: str = "deconvnet") -> ml_collections.Config
     out.model.name, out.model.width_multiplier = model_name, 1.0
     out.data.normalization = "caffe_bgr"
     return out
+
+
+def recompute_bn_stats(config, model, variables: dict, num_batches: int) -> dict:
+    """``variables`` with batch_stats recomputed over ``num_batches`` training batches."""
+    if num_batches < 0:
+        raise ValueError(f"--recompute_bn must be >= 0, got {num_batches}")
+    if not variables.get("batch_stats"):
+        raise ValueError(f"--recompute_bn: model {config.model.name!r} has no BN layers")
+    batches = data_loader.make_train_loader(config.data, config.train.batch_size, config.data.seed)
+    stats = bn_stats.recompute_batch_stats(model, variables, batches, num_batches)
+    return dict(variables, batch_stats=stats)
 
 
 def load_extras(config) -> dict:

@@ -1,10 +1,13 @@
-"""The release's optimiser as an optax chain (PAPER.md "Training recipe").
+"""The release's optimiser as an optax chain (PAPER.md "Training recipe", CAFFE.md "The
+release's optimiser").
 
-SGD with momentum 0.9; weight decay 5e-4 on conv/deconv kernels only (not biases, not BN);
-bias learning rate x2; step schedule (x gamma at each of `decay_steps`, counted in optimiser
-updates); gradient accumulation over `accum_steps` micro-batches (optax.MultiSteps: 64 = 8 x 8 in
-the release); optional global-norm clipping. "adam" / "adamw" for ablations, with the same
-parameter groups.
+Caffe SGD with momentum 0.9 and the learning rate inside the velocity (``momentum_style="caffe"``;
+"optax" puts it outside, as optax.sgd); weight decay 5e-4 on conv/deconv kernels and BN scale /
+shift (``bn_weight_decay``), not on biases; bias learning rate x2; step schedule (x gamma at each
+of `decay_steps`, counted in optimiser updates); gradient accumulation over `accum_steps`
+micro-batches (optax.MultiSteps: 64 = 8 x 8 in the release); optional global-norm clipping.
+"adam" (L2 in the gradient) / "adamw" (decoupled decay, optax.adamw) for ablations, with the
+same parameter groups. ``frozen_*`` parameters (the public FCN-8s' upsample) are never updated.
 """
 
 from __future__ import annotations
@@ -51,11 +54,33 @@ def learning_rate_schedule(optim_config) -> optax.Schedule:
     raise ValueError(f"unknown config.optim.schedule {optim_config.schedule!r}")
 
 
-def _base(name: str, lr, optim_config) -> optax.GradientTransformation:
+def _group(optim_config, lr: optax.Schedule, weight_decay: float) -> optax.GradientTransformation:
+    """One parameter group's transformation at learning rate ``lr`` and decay ``weight_decay``.
+
+    - sgd, momentum_style "caffe" (the release): v = m * v + lr(t) * (g + wd * w), update -v
+      (the learning rate inside the velocity: after a schedule step the old velocity decays).
+    - sgd, momentum_style "optax": optax.sgd over g + wd * w: t = m * t + (g + wd * w), update
+      -lr(t) * t (a schedule step rescales the whole velocity at once).
+    - adam: Adam over g + wd * w (L2 in the gradient); adamw: optax.adamw (decoupled decay,
+      update -lr(t) * (adam direction + wd * w)).
+    """
+    name = optim_config.name
+    decay = optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity()
     if name == "sgd":
-        return optax.sgd(lr, momentum=optim_config.momentum or None)
-    if name in ("adam", "adamw"):
-        return optax.adam(lr)
+        momentum = optim_config.momentum or None
+        if optim_config.momentum_style == "caffe":
+            trace = optax.trace(decay=momentum) if momentum else optax.identity()
+            return optax.chain(decay, optax.scale_by_learning_rate(lr), trace)
+        if optim_config.momentum_style == "optax":
+            return optax.chain(decay, optax.sgd(lr, momentum=momentum))
+        raise ValueError(
+            f"unknown config.optim.momentum_style {optim_config.momentum_style!r} "
+            "(expected 'caffe' or 'optax')"
+        )
+    if name == "adam":
+        return optax.chain(decay, optax.adam(lr))
+    if name == "adamw":
+        return optax.adamw(lr, weight_decay=weight_decay)
     raise ValueError(f"unknown config.optim.name {name!r} (expected 'sgd', 'adam' or 'adamw')")
 
 
@@ -63,21 +88,20 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
     """The optax transformation of config.optim (parameter groups labelled from the tree it is
     applied to).
 
+    Groups (the release's multipliers, CAFFE.md "The release's optimiser"): kernels lr x1, decay
+    x1; biases lr x ``bias_lr_mult``, no decay; BN scale and shift lr x1, decay x1 when
+    ``bn_weight_decay`` (Caffe's defaults, as in the release) else none; frozen: no update.
+
     Args:
       optim_config: config.optim (configs/default.py).
     """
     schedule = learning_rate_schedule(optim_config)
     bias_schedule = lambda count: optim_config.bias_lr_mult * schedule(count)  # noqa: E731
-    decay = (
-        optax.add_decayed_weights(optim_config.weight_decay)
-        if optim_config.weight_decay
-        else optax.identity()
-    )
+    wd = optim_config.weight_decay
     groups = {
-        # Decay enters the gradient before momentum, as in Caffe's SGD.
-        "kernel": optax.chain(decay, _base(optim_config.name, schedule, optim_config)),
-        "bias": _base(optim_config.name, bias_schedule, optim_config),
-        "bn": _base(optim_config.name, schedule, optim_config),
+        "kernel": _group(optim_config, schedule, wd),
+        "bias": _group(optim_config, bias_schedule, 0.0),
+        "bn": _group(optim_config, schedule, wd if optim_config.bn_weight_decay else 0.0),
         "frozen": optax.set_to_zero(),
     }
     tx = optax.multi_transform(groups, param_groups)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from configs import default
 from deconvnet_jax import optim
@@ -42,17 +43,22 @@ def test_first_update_decay_and_bias_lr():
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
     updates, _ = tx.update(grads, tx.init(params), params)
     u = jax.tree.map(lambda a: float(a.ravel()[0]), updates)
-    # kernels: -lr * (g + wd * w); biases: -2 lr * g (no decay); BN: -lr * g (no decay)
+    # kernels and BN (the release): -lr * (g + wd * w); biases: -2 lr * g (no decay)
     np.testing.assert_allclose(
         u["block1"]["conv1_1"]["kernel"], -0.01 * (0.5 + 5e-4 * 1.0), rtol=1e-6
     )
     np.testing.assert_allclose(u["block1"]["conv1_1"]["bias"], -0.02 * 0.5, rtol=1e-6)
-    np.testing.assert_allclose(u["block1"]["conv1_1_bn"]["scale"], -0.01 * 0.5, rtol=1e-6)
-    np.testing.assert_allclose(u["block1"]["conv1_1_bn"]["bias"], -0.01 * 0.5, rtol=1e-6)
+    for leaf in ("scale", "bias"):
+        np.testing.assert_allclose(
+            u["block1"]["conv1_1_bn"][leaf], -0.01 * (0.5 + 5e-4 * 1.0), rtol=1e-6
+        )
+    cfg.bn_weight_decay = False  # BN: -lr * g
+    updates, _ = optim.make_optimizer(cfg).update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["block1"]["conv1_1_bn"]["scale"], -0.01 * 0.5, rtol=1e-6)
 
 
 def test_momentum_matches_numpy_loop():
-    cfg = _config(momentum=0.9, weight_decay=0.0, lr=0.1, bias_lr_mult=1.0)
+    cfg = _config(momentum=0.9, weight_decay=0.0, lr=0.1, bias_lr_mult=1.0, momentum_style="optax")
     params = {"m": {"kernel": jnp.zeros((2,))}}
     tx = optim.make_optimizer(cfg)
     state = tx.init(params)
@@ -64,6 +70,85 @@ def test_momentum_matches_numpy_loop():
         trace = g + 0.9 * trace
         p = p - 0.1 * trace
     np.testing.assert_allclose(np.asarray(params["m"]["kernel"]), p, rtol=1e-6)
+
+
+# (group, lr multiplier, decay multiplier) of the release (CAFFE.md): kernels 1 / 1, biases 2 / 0,
+# BN scale and shift 1 / 1 (Caffe's defaults: the BN layers set none).
+RELEASE_MULTS = {"kernel": (1.0, 1.0), "bias": (2.0, 0.0), "bn": (1.0, 1.0)}
+
+
+def _random_tree(rng):
+    """Random parameters with one leaf per group (float64), and the group of each flat leaf."""
+    params = {
+        "conv": {"kernel": rng.standard_normal((3, 3, 2, 4)), "bias": rng.standard_normal(4)},
+        "conv_bn": {"scale": rng.uniform(0.5, 1.5, 4), "bias": rng.standard_normal(4)},
+    }
+    groups = {("conv", "kernel"): "kernel", ("conv", "bias"): "bias"}
+    groups |= {("conv_bn", "scale"): "bn", ("conv_bn", "bias"): "bn"}
+    return params, groups
+
+
+def _run_optax(cfg, params, grads):
+    """4 updates of make_optimizer(cfg) on the given gradients (float64), final params by path."""
+    tx = optim.make_optimizer(cfg)
+    p = jax.tree.map(jnp.asarray, params)
+    state = tx.init(p)
+    for g in grads:
+        upd, state = tx.update(jax.tree.map(jnp.asarray, g), state, p)
+        p = optax.apply_updates(p, upd)
+    return {(a, b): np.asarray(v) for a, node in p.items() for b, v in node.items()}
+
+
+def _schedule_cfg(**kw):
+    # a step of the schedule at update 2 (of 0..3): lr 0.1, 0.1, 0.01, 0.01
+    return _config(lr=0.1, gamma=0.1, decay_steps=(2,), schedule="step", weight_decay=0.05, **kw)
+
+
+def test_caffe_momentum_with_a_schedule_step_matches_numpy_loop_per_group():
+    rng = np.random.default_rng(0)
+    params, groups = _random_tree(rng)
+    grads = [jax.tree.map(lambda x: rng.standard_normal(x.shape), params) for _ in range(4)]
+    cfg = _schedule_cfg(momentum=0.9, momentum_style="caffe", bias_lr_mult=2.0)
+    with jax.enable_x64(True):
+        got = _run_optax(cfg, params, grads)
+        optax_style = _run_optax(_schedule_cfg(momentum=0.9, momentum_style="optax"), params, grads)
+    lrs = [0.1, 0.1, 0.01, 0.01]
+    for path, group in groups.items():
+        lr_mult, decay_mult = RELEASE_MULTS[group]
+        w, v = params[path[0]][path[1]].copy(), 0.0
+        for t, g in enumerate(grads):  # Caffe's SGDSolver: lr inside the velocity
+            v = 0.9 * v + lrs[t] * lr_mult * (g[path[0]][path[1]] + 0.05 * decay_mult * w)
+            w = w - v
+        np.testing.assert_allclose(got[path], w, rtol=1e-12, atol=1e-14, err_msg=str(path))
+        # the optax style (lr outside the velocity) is measurably different after the step
+        step = np.abs(w - params[path[0]][path[1]]).max()
+        assert np.abs(optax_style[path] - w).max() > 0.05 * step, path
+
+
+def test_adamw_matches_its_documented_formula_per_group():
+    rng = np.random.default_rng(1)
+    params, groups = _random_tree(rng)
+    grads = [jax.tree.map(lambda x: rng.standard_normal(x.shape), params) for _ in range(4)]
+    cfg = _schedule_cfg(name="adamw", bias_lr_mult=2.0)
+    with jax.enable_x64(True):
+        got = _run_optax(cfg, params, grads)
+    lrs, b1, b2, eps = [0.1, 0.1, 0.01, 0.01], 0.9, 0.999, 1e-8  # optax.adamw's defaults
+    for path, group in groups.items():
+        lr_mult, decay_mult = RELEASE_MULTS[group]
+        w, m, v = params[path[0]][path[1]].copy(), 0.0, 0.0
+        for t, g in enumerate(grads):
+            g = g[path[0]][path[1]]
+            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
+            m_hat, v_hat = m / (1 - b1 ** (t + 1)), v / (1 - b2 ** (t + 1))
+            # decoupled: the decay is not in m, v; it is scaled by the lr (times the multiplier)
+            w = w - lrs[t] * lr_mult * (m_hat / (np.sqrt(v_hat) + eps) + 0.05 * decay_mult * w)
+        np.testing.assert_allclose(got[path], w, rtol=1e-12, atol=1e-14, err_msg=str(path))
+
+
+def test_unknown_momentum_style_is_named():
+    cfg = _config(momentum_style="nesterov")
+    with pytest.raises(ValueError, match="momentum_style 'nesterov'"):
+        optim.make_optimizer(cfg).init({"m": {"kernel": jnp.zeros(1)}})
 
 
 def test_step_schedule():
