@@ -77,39 +77,37 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path):
             np.testing.assert_allclose(got[key], value, rtol=1e-9, atol=1e-12, err_msg=key)
 
 
-@pytest.mark.slow
-def test_train_py_two_processes(tmp_path):
-    port = _free_port()
+_TRAIN_PY = {  # a 1/32-width DeconvNet on 16 generated 224x224 images, batches of 8
+    "model.width_multiplier": 1 / 32,
+    "data.synthetic.num_train": 16,
+    "data.synthetic.num_val": 4,
+    "data.synthetic.image_size": 224,
+    "data.eval_size": 224,
+    "train.batch_size": 8,
+    "train.log_every": 1,
+    "train.eval_batch_size": 8,
+}
+
+
+def _start_train_py_pair(run, env_extra=(), **overrides):
+    """train.py as processes 0 and 1 of one jax.distributed job (4 CPU devices each)."""
     repo = HERE.parent
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     env.update(
         XLA_FLAGS="--xla_force_host_platform_device_count=4",
         JAX_PLATFORMS="cpu",
-        DECONVNET_CACHE=str(tmp_path / "cache"),
         PYTHONPATH=str(repo),
+        **dict(env_extra),
     )
-    overrides = {
-        "model.width_multiplier": 1 / 32,
-        "data.synthetic.num_train": 16,
-        "data.synthetic.num_val": 4,
-        "data.synthetic.image_size": 224,
-        "data.eval_size": 224,
-        "train.batch_size": 8,
-        "train.num_steps": 4,
-        "train.eval_every": 2,
-        "train.checkpoint_every": 2,
-        "train.log_every": 1,
-        "train.eval_batch_size": 8,
-    }
     cmd = [
         sys.executable,
         str(repo / "train.py"),
-        f"--workdir={tmp_path / 'run'}",
-        f"--coordinator=127.0.0.1:{port}",
+        f"--workdir={run}",
+        f"--coordinator=127.0.0.1:{_free_port()}",
         "--num_processes=2",
-        *[f"--config.{k}={v}" for k, v in overrides.items()],
+        *[f"--config.{k}={v}" for k, v in {**_TRAIN_PY, **overrides}.items()],
     ]
-    procs = [
+    return [
         subprocess.Popen(
             cmd + [f"--process_id={i}"],
             cwd=repo,
@@ -120,6 +118,15 @@ def test_train_py_two_processes(tmp_path):
         )
         for i in range(2)
     ]
+
+
+@pytest.mark.slow
+def test_train_py_two_processes(tmp_path):
+    procs = _start_train_py_pair(
+        tmp_path / "run",
+        env_extra={"DECONVNET_CACHE": str(tmp_path / "cache")},
+        **{"train.num_steps": 4, "train.eval_every": 2, "train.checkpoint_every": 2},
+    )
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
@@ -145,48 +152,16 @@ def test_sigterm_to_one_process_both_save_the_same_step(tmp_path):
 
     from deconvnet_jax import errors
 
-    port = _free_port()
-    repo = HERE.parent
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    env.update(
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(repo),
-    )
-    overrides = {
-        "model.width_multiplier": 1 / 32,
-        "data.cache_dir": tmp_path / "cache",
-        "data.synthetic.num_train": 16,
-        "data.synthetic.num_val": 4,
-        "data.synthetic.image_size": 224,
-        "data.eval_size": 224,
-        "train.batch_size": 8,
-        "train.num_steps": 100000,
-        "train.eval_every": 0,
-        "train.checkpoint_every": 100000,
-        "train.log_every": 1,
-        "train.eval_batch_size": 8,
-    }
     run = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        str(repo / "train.py"),
-        f"--workdir={run}",
-        f"--coordinator=127.0.0.1:{port}",
-        "--num_processes=2",
-        *[f"--config.{k}={v}" for k, v in overrides.items()],
-    ]
-    procs = [
-        subprocess.Popen(
-            cmd + [f"--process_id={i}"],
-            cwd=repo,
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(2)
-    ]
+    procs = _start_train_py_pair(
+        run,
+        **{
+            "data.cache_dir": tmp_path / "cache",
+            "train.num_steps": 100000,
+            "train.eval_every": 0,
+            "train.checkpoint_every": 100000,
+        },
+    )
     try:
         deadline = time.time() + 400
         while not (run / "metrics.jsonl").is_file():  # process 0 logged step 1
