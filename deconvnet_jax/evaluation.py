@@ -67,6 +67,9 @@ def resolve_config(config, overrides: dict, run_config=None) -> ml_collections.C
     return merged
 
 
+RELEASE_BN_EPSILON = 1e-9  # the fork's BN layer (CAFFE.md)
+
+
 def load_net(config, weights_path: str, best: bool = False, recompute_bn: int = 0) -> inference.Net:
     """The network of ``config.model`` for inference, with its weights.
 
@@ -81,7 +84,9 @@ def load_net(config, weights_path: str, best: bool = False, recompute_bn: int = 
     model = build_model(config.model)
     size = config.data.crop_size
     like = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-    variables = weights.load_weights(weights_path, like, config.model.name, best=best)
+    variables = weights.load_weights(
+        weights_path, like, config.model.name, best=best, bn_epsilon=config.model.bn_epsilon
+    )
     if recompute_bn:
         variables = recompute_bn_stats(config, model, variables, recompute_bn)
     variables = jax.device_put(variables)
@@ -90,10 +95,11 @@ def load_net(config, weights_path: str, best: bool = False, recompute_bn: int = 
 
 
 def caffe_config(config, model_name: str = "deconvnet") -> ml_collections.ConfigDict:
-    """``config`` for a release caffemodel: model ``model_name`` at width 1 and the release's
-    input (BGR 0-255 minus the mean: ``caffe_bgr``)."""
+    """``config`` for a release caffemodel: model ``model_name`` at width 1, the release's BN
+    epsilon (1e-9, CAFFE.md "BN") and its input (BGR 0-255 minus the mean: ``caffe_bgr``)."""
     out = ml_collections.ConfigDict(config.to_dict())
     out.model.name, out.model.width_multiplier = model_name, 1.0
+    out.model.bn_epsilon = RELEASE_BN_EPSILON
     out.data.normalization = "caffe_bgr"
     return out
 

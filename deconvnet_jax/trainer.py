@@ -201,7 +201,11 @@ def setup(config, workdir) -> Run:
         ckpt,
         checkpoint.abstract_state(shapes, shardings),
         jax.jit(init_fn, out_shardings=shardings),
-        functools.partial(weights.init_state_from, model=config.model.name),
+        functools.partial(
+            weights.init_state_from,
+            model=config.model.name,
+            bn_epsilon=config.model.bn_epsilon,
+        ),
     )
     jax.block_until_ready(state)
     log.info("%s (%.1fs)", how, time.perf_counter() - t0)

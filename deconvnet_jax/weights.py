@@ -43,7 +43,9 @@ def load_run_variables(run_dir, best: bool = False, sharding=None) -> dict:
         ckpt.close()
 
 
-def load_weights(path, like, model: str = "deconvnet", best: bool = False) -> dict:
+def load_weights(
+    path, like, model: str = "deconvnet", best: bool = False, bn_epsilon: float = 1e-5
+) -> dict:
     """Flax variables {'params', 'batch_stats'} from a run directory, a .pth or a .caffemodel.
 
     Args:
@@ -52,6 +54,8 @@ def load_weights(path, like, model: str = "deconvnet", best: bool = False) -> di
         against, and the values of layers a VGG16 file does not cover.
       model: the target network's config.model.name ("deconvnet" or "fcn8s").
       best: for a run directory, its best-mIoU checkpoint.
+      bn_epsilon: the target's config.model.bn_epsilon (a DeconvNet INFERENCE caffemodel's folded
+        BN becomes var = 1 - bn_epsilon, so that BN computes scale * x + shift).
     Raises:
       FileNotFoundError, KeyError or ValueError naming the file and the problem.
     """
@@ -66,7 +70,7 @@ def load_weights(path, like, model: str = "deconvnet", best: bool = False) -> di
     if p.suffix == CAFFE_SUFFIX:
         from deconvnet_jax.interop import caffe
 
-        return caffe.caffemodel_to_flax(p, like, model)
+        return caffe.caffemodel_to_flax(p, like, model, bn_epsilon=bn_epsilon)
     if not p.is_dir():
         raise FileNotFoundError(
             f"{path}: not a run directory, {'/'.join(TORCH_SUFFIXES)} or {CAFFE_SUFFIX} file"
@@ -74,11 +78,11 @@ def load_weights(path, like, model: str = "deconvnet", best: bool = False) -> di
     return load_run_variables(p, best=best)
 
 
-def init_state_from(path, fresh: Any, model: str = "deconvnet") -> Any:
+def init_state_from(path, fresh: Any, model: str = "deconvnet", bn_epsilon: float = 1e-5) -> Any:
     """`fresh` (a TrainState) with params and BN statistics from `path` (``config.init_from``),
     each placed with the sharding of the leaf it replaces; optimiser and step stay fresh."""
     like = jax.device_get({"params": fresh.params, "batch_stats": fresh.batch_stats})
-    variables = load_weights(path, like, model)
+    variables = load_weights(path, like, model, bn_epsilon=bn_epsilon)
     place = lambda new, old: jax.device_put(np.asarray(new, old.dtype), old.sharding)  # noqa: E731
     return fresh.replace(
         params=jax.tree.map(place, variables["params"], fresh.params),

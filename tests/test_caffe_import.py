@@ -185,3 +185,22 @@ def test_caffe_config_is_the_release_network_and_input():
     out = evaluation.caffe_config(config, "fcn8s_caffe")
     assert (out.model.name, out.model.width_multiplier) == ("fcn8s_caffe", 1.0)
     assert out.data.normalization == "caffe_bgr" and config.model.width_multiplier == 0.25
+    assert out.model.bn_epsilon == 1e-9  # the fork's BN layer (CAFFE.md "BN")
+
+
+def test_config_bn_epsilon_reaches_the_inference_import(tmp_path):
+    """load_net passes config.model.bn_epsilon to the import: var = 1 - eps, so that the network's
+    BN (x - 0) / sqrt(var + eps) * scale + shift is scale * x + shift for that eps (checked
+    through one BN layer in float64 with NumPy)."""
+    from configs import default
+    from deconvnet_jax import evaluation
+
+    path = tmp_path / "DeconvNet_trainval_inference.caffemodel"
+    caffe.write_caffemodel(path, caffe_nets.deconvnet_layers(seed=3, div=32), version=1)
+    config = default.get_config()
+    config.model.width_multiplier, config.model.bn_epsilon = 1 / 32, 1e-2
+    config.data.crop_size = 224
+    net = evaluation.load_net(config, str(path))
+    var = np.asarray(net.variables["batch_stats"]["fc"]["fc6_bn"]["var"], np.float64)
+    np.testing.assert_allclose(var, 1 - 1e-2, rtol=1e-7)
+    np.testing.assert_allclose(1 / np.sqrt(var + 1e-2), 1.0, rtol=1e-7)
