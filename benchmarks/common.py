@@ -150,6 +150,54 @@ def print_table(title: str, rows: dict, ratios: dict) -> None:
         print(f"{k}: {v:.3f}")
 
 
+ISA_VARS = ("XLA_FLAGS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+# What an AVX2 machine (e.g. AMD Zen 3, Intel before Skylake-SP) runs: set for JAX and PyTorch.
+AVX2_ENV = {
+    "XLA_FLAGS": "--xla_cpu_max_isa=AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+}
+# glibc: keep large blocks instead of returning them to the OS (PyTorch on CPU allocates and
+# frees its activations every step; with these it stops paying for fresh pages each time).
+MALLOC_TUNED_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+
+
+def _cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def isa_limit(environ=None) -> str:
+    """'native', or the ISA limits in the environment, e.g. 'XLA=AVX2 oneDNN=AVX2 ATen=avx2'."""
+    environ = os.environ if environ is None else environ
+    parts = []
+    for flag in environ.get("XLA_FLAGS", "").split():
+        if flag.startswith("--xla_cpu_max_isa="):
+            parts.append("XLA=" + flag.split("=", 1)[1])
+    if environ.get("ONEDNN_MAX_CPU_ISA"):
+        parts.append("oneDNN=" + environ["ONEDNN_MAX_CPU_ISA"])
+    if environ.get("ATEN_CPU_CAPABILITY"):
+        parts.append("ATen=" + environ["ATEN_CPU_CAPABILITY"])
+    return " ".join(parts) or "native"
+
+
 def environment() -> dict:
     """Device, versions and command of this run."""
     import jax
@@ -164,11 +212,16 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpu_model": cpu_model(),
+        "cpu_has_avx512f": "avx512f" in cpu_flags(),
+        "cpu_has_avx2": "avx2" in cpu_flags(),
+        # The ISA limits in force (XLA_FLAGS --xla_cpu_max_isa, oneDNN, ATen): "native" if none.
+        "isa_limit": isa_limit(),
         # Settings that change the timings (the glibc allocator's MALLOC_* tunables, XLA flags).
         "env_vars": {
             k: v
             for k, v in os.environ.items()
-            if k.startswith("MALLOC_") or k in ("XLA_FLAGS", "OMP_NUM_THREADS", "LD_PRELOAD")
+            if k.startswith("MALLOC_") or k in (*ISA_VARS, "OMP_NUM_THREADS", "LD_PRELOAD")
         },
     }
     try:
@@ -176,6 +229,7 @@ def environment() -> dict:
 
         env["torch"] = torch.__version__
         env["torch_threads"] = torch.get_num_threads()
+        env["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         if torch.cuda.is_available():
             env["torch_device"] = torch.cuda.get_device_name(0)
     except ImportError:
