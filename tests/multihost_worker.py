@@ -12,7 +12,9 @@ single-process test): structural equality must not depend on float32 reduction o
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+# The caller's other XLA flags stay (an ISA limit such as --xla_cpu_max_isa=AVX2).
+_flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+os.environ["XLA_FLAGS"] = " ".join([*_flags, "--xla_force_host_platform_device_count=4"])
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402

@@ -10,6 +10,7 @@ import pytest
 
 from configs import demo
 from deconvnet_jax import sweep
+from tests.subproc import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -69,9 +70,7 @@ def test_two_run_sweep_end_to_end(tmp_path):
         f"--workdir={tmp_path / 'sw'}",
         *[f"--config.{k}={v}" for k, v in args.items()],
     ]
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=str(REPO)
-    )
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=str(REPO))
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "sw" / "results.csv")))

@@ -18,6 +18,7 @@ import pytest
 from configs import demo
 from deconvnet_jax import checkpoint, errors, optim, parallel, train_lib, weights
 from deconvnet_jax.models import build_model
+from tests.subproc import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,7 +58,7 @@ def _overrides(cache, **kw):
 
 def _env():
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["XLA_FLAGS"] = xla_flags(2)
     env["PYTHONPATH"] = str(REPO)
     return env
 

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from test_train_parallel import _run
 
+from tests.subproc import xla_flags
+
 HERE = pathlib.Path(__file__).resolve().parent
 
 
@@ -26,7 +28,8 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_8_devices(tmp_path):
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["XLA_FLAGS"] = xla_flags(4)  # the worker keeps the flags and sets 4 devices itself
     procs = [
         subprocess.Popen(
             [
@@ -94,7 +97,7 @@ def _start_train_py_pair(run, env_extra=(), **overrides):
     repo = HERE.parent
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     env.update(
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        XLA_FLAGS=xla_flags(4),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(repo),
         **dict(env_extra),
