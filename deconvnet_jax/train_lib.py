@@ -44,7 +44,10 @@ def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, seed: int, input_shape: tuple[int, ...]
 ) -> TrainState:
     """Initial state (call under jax.jit with out_shardings so it is born sharded)."""
-    variables = model.init(jax.random.key(seed), jnp.zeros(input_shape, jnp.float32), train=False)
+    # The first half of split(key(seed)): the stream train.py has always drawn its initial weights
+    # from (key(seed) itself would give other weights and other results for the same seed).
+    init_key = jax.random.split(jax.random.key(seed))[0]
+    variables = model.init(init_key, jnp.zeros(input_shape, jnp.float32), train=False)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
