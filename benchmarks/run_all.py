@@ -47,6 +47,8 @@ def plan(quick: bool) -> list[tuple[str, str, list[str], dict]]:
             runs.append(
                 (f"infer_cpu{suffix}{alloc}", "bench_infer.py", ["--batch", "4", *net], env)
             )
+        grad = ["--max_side", "56", "--repeats", "2"] if quick else []
+        runs.append((f"conv_grad_cpu{suffix}", "bench_conv_grad.py", grad, isa_env))
     props = ["--width", "0.25", "--k", "8", "--repeats", "1"] if quick else ["--repeats", "2"]
     runs.append(("proposals_cpu", "bench_proposals.py", props, {}))
     runs.append(("unpool_cpu", "bench_unpool.py", ["--repeats", "3" if quick else "10"], {}))
@@ -110,6 +112,16 @@ def table(results: str) -> str:
             lines.append(
                 f"| {label} | {isa_shown} | {_fmt(j)} | {_fmt(t)} | {_fmt(ratio, '')} | "
                 f"{_fmt(jt)} | {_fmt(tt)} | {_fmt(ratio_t, '')} |"
+            )
+    for isa in ISAS:
+        grad = _load(results, "conv_grad_cpu" + ("" if isa == "native" else "_avx2"))
+        if grad and grad["rows"]:
+            torch_ms = sum(r.get("torch_ms", 0.0) for r in grad["rows"])
+            xla, best = grad["sum_ms"]["xla"], grad["best_per_shape_sum_ms"]
+            lines.append(
+                f"| 3x3 kernel gradients, {len(grad['rows'])} layer shapes, batch "
+                f"{grad['batch']} (XLA's / best impl per shape) | {grad['env']['isa_limit']} | "
+                f"{xla:.0f} / {best:.0f} ms | {torch_ms:.0f} ms | {best / torch_ms:.2f} | | | |"
             )
     props = _load(results, "proposals_cpu")
     if props and "torch" in props.get("results", {}):
