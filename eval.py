@@ -63,7 +63,7 @@ def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
     logging.getLogger("deconvnet_jax").setLevel(logging.INFO)
-    from deconvnet_jax import evaluation, inference  # after flags: fast --help
+    from deconvnet_jax import evaluation, inference, paths  # after flags: fast --help
 
     external = FLAGS.caffe_weights or FLAGS.torch_weights
     run_config = None if external else evaluation.load_run_config(FLAGS.workdir)
@@ -86,12 +86,13 @@ def main(argv):
         sys.exit(f"error: {e}")  # one line naming the file, no traceback
     extras = evaluation.load_extras(config)
     predictor = inference.Predictor(net, config.infer, fcn=extras["fcn"])
-    out = FLAGS.out or os.path.join(FLAGS.workdir or ".", f"eval_{config.infer.split}")
+    default_out = paths.as_path(FLAGS.workdir or ".") / f"eval_{config.infer.split}"
+    out = paths.as_path(FLAGS.out or default_out)
     evaluator = evaluation.Evaluator(
         config, predictor, extras["variants"], extras["combine"], extras["dense_crf"]
     )
     summary = evaluator.run(out, FLAGS.save_predictions)
-    print(open(os.path.join(out, "results.md")).read())
+    print((out / "results.md").read_text())
     for name, m in summary["variants"].items():
         print(
             f"{name}: mIoU {100 * m['miou']:.2f}  pixel acc {100 * m['pixel_acc']:.2f}  "

@@ -15,13 +15,14 @@ a quiet restart from scratch). This module knows orbax, not weight formats.
 from __future__ import annotations
 
 import logging
-import pathlib
 from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from deconvnet_jax import paths
 from deconvnet_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,9 @@ class CheckpointError(UserError, RuntimeError):
     """A workdir whose checkpoints cannot be used (a user-facing, one-line error)."""
 
 
-def checkpoints_dir(path) -> pathlib.Path:
-    """A run directory's checkpoints folder (or `path` itself when it is one)."""
-    path = pathlib.Path(path).absolute()
+def checkpoints_dir(path) -> epath.Path:
+    """A run directory's checkpoints folder (or `path` itself when it is one; local or a URL)."""
+    path = paths.absolute(path)
     return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
@@ -41,7 +42,7 @@ class Checkpointer:
     """An orbax CheckpointManager over one checkpoints folder (<workdir>/checkpoints)."""
 
     def __init__(self, directory, keep: int = 3, async_save: bool = True, create: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = paths.absolute(directory)
         policy = ocm.AnyPreservationPolicy(
             [
                 ocm.LatestN(n=keep),

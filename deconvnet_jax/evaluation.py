@@ -16,7 +16,6 @@ import collections
 import concurrent.futures
 import json
 import logging
-import pathlib
 import time
 from typing import Callable
 
@@ -24,10 +23,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from PIL import Image
 from tqdm import tqdm
 
-from deconvnet_jax import bn_stats, inference, viz, weights
+from deconvnet_jax import bn_stats, inference, paths, viz, weights
 from deconvnet_jax.data import loader as data_loader
 from deconvnet_jax.data.voc import CLASS_NAMES, IGNORE_LABEL, DataError
 from deconvnet_jax.metrics import compute_metrics, confusion_matrix, markdown_table
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # --- configuration and weights ----------------------------------------------------------------
 def load_run_config(run_dir) -> ml_collections.ConfigDict | None:
     """The config.json a training run wrote in its directory, or None when there is none."""
-    path = pathlib.Path(run_dir) / "config.json" if run_dir else None
+    path = paths.as_path(run_dir) / "config.json" if run_dir else None
     if path is None or not path.is_file():
         return None
     try:
@@ -185,7 +185,7 @@ class _Writer:
     """Palette PNGs and overlays of every variant: <out>/predictions/<variant>/<id>.png and
     <out>/overlays/<variant>/<id>.jpg."""
 
-    def __init__(self, out_dir: pathlib.Path, variants):
+    def __init__(self, out_dir: epath.Path, variants):
         self.dirs = {}
         for v in variants:
             slug = v.replace("+", "_").lower()
@@ -195,8 +195,9 @@ class _Writer:
 
     def write(self, variant: str, image_id: str, image: np.ndarray, truth, pred: np.ndarray):
         pred_dir, overlay_dir = self.dirs[variant]
-        viz.palette_image(pred).save(pred_dir / f"{image_id}.png")
-        Image.fromarray(viz.side_by_side(image, truth, pred)).save(overlay_dir / f"{image_id}.jpg")
+        paths.write_image(viz.palette_image(pred), pred_dir / f"{image_id}.png")
+        overlay = Image.fromarray(viz.side_by_side(image, truth, pred))
+        paths.write_image(overlay, overlay_dir / f"{image_id}.jpg")
 
 
 class Evaluator:
@@ -235,7 +236,7 @@ class Evaluator:
         """Evaluates the split. Returns dict(variants={name: compute_metrics(...)}, images,
         skipped=[(id, reason)], seconds, split, infer, confusion)."""
         infer, strict = self.config.infer, self.config.data.strict
-        out_dir = pathlib.Path(out_dir)
+        out_dir = paths.as_path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.dataset = data_loader.open_split(self.config.data, infer.split)
         ids = self.dataset.ids[: infer.max_images or None]
@@ -315,7 +316,7 @@ class Evaluator:
                 image = p.image if same_size else self.dataset.load(p.image_id)["image"]
                 self.writer.write(variant, p.image_id, image, lab, full)
 
-    def _write_results(self, out_dir: pathlib.Path, done: int, skipped: list, seconds: float):
+    def _write_results(self, out_dir: epath.Path, done: int, skipped: list, seconds: float):
         nc = self.num_classes
         names = CLASS_NAMES if nc == len(CLASS_NAMES) else [str(c) for c in range(nc)]
         conf = {v: np.asarray(jax.device_get(c)) for v, c in self.conf.items()}

@@ -11,14 +11,14 @@ batch goes on.
 from __future__ import annotations
 
 import logging
-import pathlib
 from typing import Callable, Iterable
 
 import numpy as np
+from etils import epath
 from PIL import Image
 from tqdm import tqdm
 
-from deconvnet_jax import inference, viz
+from deconvnet_jax import inference, paths, viz
 from deconvnet_jax.data.voc import DataError, read_image
 from deconvnet_jax.errors import UserError
 
@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def list_images(path) -> list[pathlib.Path]:
-    """One image file, or the image files of a folder (sorted, by suffix)."""
-    path = pathlib.Path(path)
+def list_images(path) -> list[epath.Path]:
+    """One image file, or the image files of a folder (sorted, by suffix; local or a URL)."""
+    path = paths.as_path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
@@ -63,7 +63,7 @@ def predict_image(
 
 def predict_files(
     predictor: inference.Predictor,
-    paths: list[pathlib.Path],
+    images: list[epath.Path],
     out_dir,
     variant: str = "DeconvNet",
     **kwargs,
@@ -76,13 +76,13 @@ def predict_files(
     Returns:
       dict(written=[stems], failed=[(path, reason)]).
     """
-    out_dir = pathlib.Path(out_dir)
+    out_dir = paths.as_path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out_dir}: cannot create the output folder ({e})") from None
     written, failed = [], []
-    for path in tqdm(paths, desc="predict", unit="img"):
+    for path in tqdm(images, desc="predict", unit="img"):
         try:
             image = read_image(path)
             labels = predict_image(predictor, image, path.stem, variant, **kwargs)
@@ -96,6 +96,7 @@ def predict_files(
     return dict(written=written, failed=failed)
 
 
-def _write(out_dir: pathlib.Path, stem: str, image: np.ndarray, labels: np.ndarray) -> None:
-    viz.palette_image(labels).save(out_dir / f"{stem}.png")
-    Image.fromarray(viz.side_by_side(image, None, labels)).save(out_dir / f"{stem}_overlay.jpg")
+def _write(out_dir: epath.Path, stem: str, image: np.ndarray, labels: np.ndarray) -> None:
+    paths.write_image(viz.palette_image(labels), out_dir / f"{stem}.png")
+    overlay = Image.fromarray(viz.side_by_side(image, None, labels))
+    paths.write_image(overlay, out_dir / f"{stem}_overlay.jpg")

@@ -14,25 +14,27 @@ from __future__ import annotations
 import copy
 import csv
 import importlib.util
+import io
 import json
 import logging
-import pathlib
 import re
 from typing import Any, Callable, Iterable
 
-from deconvnet_jax import config_check, errors
+from deconvnet_jax import config_check, errors, paths
 
 log = logging.getLogger(__name__)
 
 
 def load_sweep(path) -> list[dict[str, Any]]:
-    """The override dicts of a sweep file (its ``get_sweep()`` generator), checked."""
-    path = pathlib.Path(path)
+    """The override dicts of a sweep file (its ``get_sweep()`` generator), checked. The sweep
+    file is Python, imported from a local file (a URL is copied locally first)."""
+    path = paths.as_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep file {path} not found")
-    spec = importlib.util.spec_from_file_location(f"sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with paths.local_copy(path) as local:
+        spec = importlib.util.spec_from_file_location(f"sweep_{path.stem}", local)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"{path}: a sweep file must define get_sweep() yielding override dicts")
     overrides = list(module.get_sweep())
@@ -68,7 +70,8 @@ def apply_overrides(config, overrides: dict[str, Any]):
     return config
 
 
-def _last(path: pathlib.Path, key: str):
+def _last(path, key: str):
+    path = paths.as_path(path)
     value = None
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -117,7 +120,7 @@ def run_sweep(
         train_fn = trainer.train_and_evaluate
     overrides = list(overrides)
     check_overrides(config, overrides)
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, o in enumerate(overrides):
@@ -155,7 +158,7 @@ def run_sweep(
 
 def write_table(rows: list[dict[str, Any]], workdir) -> None:
     """``results.md`` (sorted by val mIoU) and ``results.csv`` in the sweep folder."""
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     keys = sorted({k for r in rows for k in r["overrides"]})
     fields = [
         "name",
@@ -171,10 +174,11 @@ def write_table(rows: list[dict[str, Any]], workdir) -> None:
         {**{k: r["overrides"].get(k, "") for k in keys}, **{f: r[f] for f in fields if f in r}}
         for r in rows
     ]
-    with open(workdir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(flat)
+    csv_text = io.StringIO(newline="")
+    writer = csv.DictWriter(csv_text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(flat)
+    (workdir / "results.csv").write_bytes(csv_text.getvalue().encode())
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
     num = lambda v: "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     ranked = sorted(
@@ -235,7 +239,7 @@ def main(argv=None) -> None:
         logging.getLogger("deconvnet_jax").setLevel(logging.INFO)
         f = flags.FLAGS
         rows = run_sweep(f.config, load_sweep(f.sweep), f.workdir)
-        print((pathlib.Path(f.workdir) / "results.md").read_text())
+        print((paths.as_path(f.workdir) / "results.md").read_text())
         print(f"{len(rows)} runs; table in {f.workdir}/results.md and results.csv")
 
     errors.run_app(_main, argv=argv)

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import logging
 import math
-import pathlib
+import os
 import signal
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
 from deconvnet_jax import (
@@ -32,6 +34,7 @@ from deconvnet_jax import (
     config_check,
     optim,
     parallel,
+    paths,
     train_lib,
     viz,
     weights,
@@ -46,26 +49,43 @@ log = logging.getLogger(__name__)
 
 
 class MetricWriter:
-    """JSONL + TensorBoard scalars in the workdir; only process 0 writes."""
+    """JSONL + TensorBoard scalars in the workdir; only process 0 writes.
 
-    def __init__(self, workdir: pathlib.Path):
+    Local workdirs get appended lines; on an object store (no append) the rows read back at start
+    plus the new ones are rewritten whole on each write, and TensorBoard event files are buffered
+    and uploaded whole on each flush (``_RemoteEventFile``).
+    """
+
+    def __init__(self, workdir):
+        workdir = paths.as_path(workdir)
         self.active = jax.process_index() == 0
         self.path = workdir / "metrics.jsonl"
+        self.remote = paths.is_remote(workdir)
         self.tb = None
+        self._lines: list[str] = []
         if self.active:
             workdir.mkdir(parents=True, exist_ok=True)
+            if self.remote and self.path.exists():
+                self._lines = self.path.read_text().splitlines(keepends=True)
             try:
                 from tensorboardX import SummaryWriter
 
-                self.tb = SummaryWriter(str(workdir / "tensorboard"))
+                if self.remote:
+                    _register_remote_event_files(os.fspath(workdir).split("://")[0])
+                self.tb = SummaryWriter(os.fspath(workdir / "tensorboard"))
             except ImportError:
                 log.warning("tensorboardX not installed: no TensorBoard events")
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.active:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        line = json.dumps({"step": step, **scalars}) + "\n"
+        if self.remote:
+            self._lines.append(line)
+            paths.rewrite_text(self.path, "".join(self._lines))
+        else:
+            with open(self.path, "a") as f:
+                f.write(line)
         if self.tb:
             for k, v in scalars.items():
                 if isinstance(v, (int, float)):
@@ -75,6 +95,42 @@ class MetricWriter:
     def close(self) -> None:
         if self.tb:
             self.tb.close()
+
+
+class _RemoteEventFile:
+    """A TensorBoard event file on an object store: bytes kept in memory, the whole file written
+    (``epath``) on each flush and on close."""
+
+    def __init__(self, path: str):
+        self.path = paths.as_path(path)
+        self.buffer = io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        self.path.write_bytes(self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _RemoteEventFiles:
+    """tensorboardX's writer factory interface over epath."""
+
+    def open(self, path: str) -> _RemoteEventFile:
+        return _RemoteEventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        paths.as_path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _register_remote_event_files(scheme: str) -> None:
+    """Routes tensorboardX's event files under ``scheme://`` through epath (its own gs:// writer
+    needs google-cloud-storage; this one uses whatever epath reads that scheme with)."""
+    from tensorboardX import record_writer
+
+    record_writer.register_writer_factory(scheme, _RemoteEventFiles())
 
 
 class TrainingDiverged(UserError, FloatingPointError):
@@ -121,7 +177,7 @@ class Run:
     """What `setup` builds and the loop and `finish` use."""
 
     config: Any
-    workdir: pathlib.Path
+    workdir: epath.Path
     mesh: jax.sharding.Mesh
     model: Any
     shardings: Any  # of the TrainState
@@ -168,7 +224,7 @@ def setup(config, workdir) -> Run:
     """Mesh, model, optimiser, the state (born sharded, resumed per the resume order), the data
     iterator at its saved position, and the jitted train / eval steps."""
     config_check.check_train_config(config)  # before anything is built
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -341,7 +397,7 @@ def finish(run: Run) -> dict:
     return final
 
 
-def write_predictions(run: Run, out_png, num_images: int = 4) -> pathlib.Path | None:
+def write_predictions(run: Run, out_png, num_images: int = 4) -> epath.Path | None:
     """image | truth | prediction of the first ``num_images`` val images (the eval loader's
     padded batch, predictions cropped back to each image) as ``out_png``."""
     config = run.config

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
-import pathlib
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
+from deconvnet_jax import paths
 from deconvnet_jax.data.voc import voc_palette
 
 
-def plot_training_curves(metrics_jsonl, out_png) -> pathlib.Path | None:
-    """Loss and validation-mIoU curves of a metrics.jsonl, saved as a PNG."""
+def plot_training_curves(metrics_jsonl, out_png) -> epath.Path | None:
+    """Loss and validation-mIoU curves of a metrics.jsonl, saved as a PNG (paths local or
+    URLs)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = pathlib.Path(metrics_jsonl)
+    path = paths.as_path(metrics_jsonl)
     if not path.is_file():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -32,9 +34,9 @@ def plot_training_curves(metrics_jsonl, out_png) -> pathlib.Path | None:
         ax[1].plot(*zip(*miou), marker="o")
     ax[1].set(title="validation mIoU (%)", xlabel="step")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
+    out_png = paths.save_figure(fig, out_png, dpi=100)
     plt.close(fig)
-    return pathlib.Path(out_png)
+    return out_png
 
 
 def palette_image(label: np.ndarray) -> Image.Image:
@@ -59,12 +61,10 @@ def side_by_side(
     return np.concatenate(panels, axis=1)
 
 
-def write_predictions(examples, out_png, alpha: float = 0.5) -> pathlib.Path:
+def write_predictions(examples, out_png, alpha: float = 0.5) -> epath.Path:
     """One image | truth | prediction row (``side_by_side``) per (image uint8 [H, W, 3], truth
     [H, W], prediction [H, W]) in ``examples``, rows stacked (right-padded black), as a PNG."""
     rows = [side_by_side(img, truth, pred, alpha) for img, truth, pred in examples]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    out_png = pathlib.Path(out_png)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(out_png)
-    return out_png
+    return paths.write_image(Image.fromarray(np.concatenate(rows, axis=0)), out_png)

@@ -14,13 +14,12 @@ statistics, a fresh optimiser and step 0).
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 import jax
 import numpy as np
 
-from deconvnet_jax import checkpoint
+from deconvnet_jax import checkpoint, paths
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 CAFFE_SUFFIX = ".caffemodel"
@@ -59,7 +58,7 @@ def load_weights(
     Raises:
       FileNotFoundError, KeyError or ValueError naming the file and the problem.
     """
-    p = pathlib.Path(path)
+    p = paths.as_path(path)
     if p.suffix in TORCH_SUFFIXES:
         from deconvnet_jax.torch import weights as torch_weights
 

@@ -205,14 +205,16 @@ def sample_crop(
 def load_proposals(path) -> dict[str, np.ndarray]:
     """Proposals file for stage 2: .npz (one array [N, 4] per image id) or .json
     ({id: [[x0, y0, x1, y1], ...]})."""
+    import io
     import json
-    import pathlib
 
-    path = pathlib.Path(path)
+    from deconvnet_jax import paths
+
+    path = paths.as_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"proposals file {path} not found")
     if path.suffix == ".npz":
-        with np.load(path) as z:
+        with np.load(io.BytesIO(path.read_bytes()) if paths.is_remote(path) else path) as z:
             return {k: np.asarray(z[k], np.float32).reshape(-1, 4) for k in z.files}
     if path.suffix == ".json":
         data = json.loads(path.read_text())

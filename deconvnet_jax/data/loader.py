@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
-import pathlib
 from collections.abc import Iterator
 
 import grain
 import numpy as np
+from etils import epath
 
+from deconvnet_jax import paths
 from deconvnet_jax.data import crops, synthetic
 from deconvnet_jax.data.voc import IGNORE_LABEL, DataError, VOCDataset
 
@@ -33,7 +34,7 @@ def _process(process_index, process_count) -> tuple[int, int]:
     return int(process_index), int(process_count)
 
 
-def dataset_root(data_config) -> pathlib.Path:
+def dataset_root(data_config) -> epath.Path:
     """The VOC2012-layout root of config.data (generating the synthetic set if asked)."""
     if data_config.name == "synthetic":
         return synthetic.ensure_dataset(data_config.cache_dir, **data_config.synthetic)
@@ -43,7 +44,7 @@ def dataset_root(data_config) -> pathlib.Path:
                 "config.data.voc_root is empty: point it at VOCdevkit/VOC2012 "
                 "(or use config.data.name='synthetic' for the generated demo set)"
             )
-        return pathlib.Path(data_config.voc_root)
+        return paths.as_path(data_config.voc_root)
     raise ValueError(
         f"unknown config.data.name {data_config.name!r} (expected 'voc' or 'synthetic')"
     )

@@ -16,9 +16,11 @@ import shutil
 import tempfile
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from deconvnet_jax import paths
 from deconvnet_jax.data.voc import CLASS_NAMES, IGNORE_LABEL, voc_palette
 
 VERSION = 1
@@ -32,9 +34,9 @@ CLASSES = {
 }
 
 
-def default_cache_dir() -> pathlib.Path:
+def default_cache_dir() -> epath.Path:
     default = pathlib.Path.home() / ".cache" / "deconvnet_jax"
-    return pathlib.Path(os.environ.get("DECONVNET_CACHE", default))
+    return paths.as_path(os.environ.get("DECONVNET_CACHE", default))
 
 
 def _texture(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -155,11 +157,12 @@ def ensure_dataset(
     num_val: int = 40,
     image_size: int = 256,
     seed: int = 0,
-) -> pathlib.Path:
+) -> epath.Path:
     """Returns the root of the generated dataset, generating it on first use.
 
     Args:
-      cache_dir: parent folder ("" = $DECONVNET_CACHE or ~/.cache/deconvnet_jax).
+      cache_dir: parent folder ("" = $DECONVNET_CACHE or ~/.cache/deconvnet_jax); local or a URL
+        (written locally, then uploaded file by file, ``trainval.txt`` last: it marks completion).
       num_train, num_val: split sizes.
       image_size: side of the square images.
       seed: generation seed.
@@ -168,18 +171,27 @@ def ensure_dataset(
       Path of a VOCdevkit/VOC2012-layout folder.
     """
     key = f"v{VERSION}-{num_train}-{num_val}-{image_size}-{seed}"
-    parent = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+    parent = paths.as_path(cache_dir) if cache_dir else default_cache_dir()
     root = parent / f"synthetic-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
-    if (root / "ImageSets" / "Segmentation" / "trainval.txt").is_file():
+    marker = pathlib.PurePosixPath("ImageSets", "Segmentation", "trainval.txt")
+    if (root / marker).is_file():
         return root
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".synthetic-", dir=parent))
+    remote = paths.is_remote(parent)
+    if not remote:
+        parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".synthetic-", dir=None if remote else parent))
     try:
         write_dataset(tmp, num_train, num_val, image_size, seed)
+        if remote:  # no atomic rename: the same bytes from any process, the marker last
+            files = sorted(f.relative_to(tmp) for f in tmp.rglob("*") if f.is_file())
+            for rel in sorted(files, key=lambda f: f == marker):
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / rel).write_bytes((tmp / rel).read_bytes())
+            return root
         try:
             tmp.rename(root)
         except OSError:  # another process finished first
-            if not (root / "ImageSets" / "Segmentation" / "trainval.txt").is_file():
+            if not (root / marker).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

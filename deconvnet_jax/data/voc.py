@@ -14,13 +14,16 @@ Every reader validates what it reads and raises `DataError` naming the file and 
 from __future__ import annotations
 
 import dataclasses
-import pathlib
+import io
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import numpy as np
+from etils import epath
 from PIL import Image, UnidentifiedImageError
 
+from deconvnet_jax import paths
 from deconvnet_jax.errors import UserError
 
 CLASS_NAMES = (
@@ -55,9 +58,15 @@ def voc_palette() -> np.ndarray:
 MAX_IMAGE_PIXELS = 8192 * 8192
 
 
-def _open(path: pathlib.Path) -> Image.Image:
+def _source(path: epath.Path):
+    """What a reader opens: the local file name, or the bytes of a remote file (PIL, XML and
+    scipy need a file; object stores have none)."""
+    return io.BytesIO(path.read_bytes()) if paths.is_remote(path) else os.fspath(path)
+
+
+def _open(path: epath.Path) -> Image.Image:
     try:
-        img = Image.open(path)  # reads the header only
+        img = Image.open(_source(path))  # reads the header only
         if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
             raise DataError(
                 f"{path}: {img.size[0]}x{img.size[1]} pixels is over the limit of "
@@ -98,7 +107,7 @@ def _to_uint8(img: Image.Image, path) -> Image.Image:
 def read_image(path) -> np.ndarray:
     """Reads an image as uint8 RGB [H, W, 3] (grayscale, RGBA, CMYK, palette converted; 16-bit
     and [0, 1] float images scaled, see ``_to_uint8``; over MAX_IMAGE_PIXELS refused)."""
-    img = _to_uint8(_open(pathlib.Path(path)), path)
+    img = _to_uint8(_open(paths.as_path(path)), path)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, np.uint8)
@@ -115,7 +124,7 @@ def validate_labels(label: np.ndarray, source) -> np.ndarray:
 
 def read_mask(path) -> np.ndarray:
     """Reads a VOC class mask (palette PNG: pixel values are class indices) as uint8 [H, W]."""
-    path = pathlib.Path(path)
+    path = paths.as_path(path)
     img = _open(path)
     if img.mode not in ("P", "L"):
         raise DataError(
@@ -128,9 +137,9 @@ def read_sbd_mat(path, key: str) -> np.ndarray:
     """Reads SBD's cls/inst .mat (GTcls / GTinst struct, field Segmentation) as uint8 [H, W]."""
     import scipy.io
 
-    path = pathlib.Path(path)
+    path = paths.as_path(path)
     try:
-        mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
+        mat = scipy.io.loadmat(_source(path), squeeze_me=True, struct_as_record=False)
         seg = np.asarray(mat[key].Segmentation)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -150,9 +159,9 @@ def read_sbd_mat(path, key: str) -> np.ndarray:
 def parse_boxes_xml(path) -> tuple[np.ndarray, np.ndarray]:
     """Object boxes of a VOC Annotations XML: (boxes float32 [N, 4] as x0, y0, x1, y1 with
     exclusive max in 0-based pixels, labels int32 [N] in 1..20)."""
-    path = pathlib.Path(path)
+    path = paths.as_path(path)
     try:
-        root = ET.parse(path).getroot()
+        root = ET.parse(_source(path)).getroot()
     except (ET.ParseError, OSError) as e:
         raise DataError(f"{path}: empty or unparsable XML ({e})") from None
     boxes, labels = [], []
@@ -213,7 +222,7 @@ def boxes_from_class_mask(cls: np.ndarray, min_pixels: int = 16) -> tuple[np.nda
 
 def read_split(path) -> list[str]:
     """Image ids of a split file (first column of each non-empty line)."""
-    path = pathlib.Path(path)
+    path = paths.as_path(path)
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
@@ -221,11 +230,11 @@ def read_split(path) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class _Source:
-    image: pathlib.Path
-    label: pathlib.Path
+    image: epath.Path
+    label: epath.Path
     label_kind: str  # "png" | "sbd"
-    xml: pathlib.Path | None
-    instances: pathlib.Path | None
+    xml: epath.Path | None
+    instances: epath.Path | None
 
 
 class VOCDataset:
@@ -244,18 +253,32 @@ class VOCDataset:
     """
 
     def __init__(self, root, split: str = "train", sbd_root=None, strict: bool = True):
-        self.root = pathlib.Path(root)
-        self.sbd_root = pathlib.Path(sbd_root) if sbd_root else None
+        self.root = paths.as_path(root)
+        self.sbd_root = paths.as_path(sbd_root) if sbd_root else None
         self.split = split
         self.strict = strict
         self.skipped: list[tuple[str, str]] = []  # (id, reason) of examples skipped (lenient mode)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: VOC root folder not found")
+        self._listings: dict[str, frozenset[str]] = {}  # remote roots: folder -> file names
         self._sources = self._resolve(split)
         self.ids = list(self._sources)
         self._box_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- split resolution -------------------------------------------------------------------
+    def _is_file(self, path: epath.Path) -> bool:
+        """``path.is_file()``; on an object store one listing per folder instead of two
+        requests per file (a split checks up to four files per id)."""
+        if not paths.is_remote(path):
+            return path.is_file()
+        folder = os.fspath(path.parent)
+        if folder not in self._listings:
+            parent = path.parent
+            self._listings[folder] = (
+                frozenset(p.name for p in parent.iterdir()) if parent.is_dir() else frozenset()
+            )
+        return path.name in self._listings[folder]
+
     def _voc_source(self, i: str) -> _Source:
         xml = self.root / "Annotations" / f"{i}.xml"
         inst = self.root / "SegmentationObject" / f"{i}.png"
@@ -263,13 +286,13 @@ class VOCDataset:
             self.root / "JPEGImages" / f"{i}.jpg",
             self.root / "SegmentationClass" / f"{i}.png",
             "png",
-            xml if xml.is_file() else None,
-            inst if inst.is_file() else None,
+            xml if self._is_file(xml) else None,
+            inst if self._is_file(inst) else None,
         )
 
     def _sbd_source(self, i: str) -> _Source:
         img = self.sbd_root / "img" / f"{i}.jpg"
-        if not img.is_file():
+        if not self._is_file(img):
             img = self.root / "JPEGImages" / f"{i}.jpg"
         xml = self.root / "Annotations" / f"{i}.xml"
         inst = self.sbd_root / "inst" / f"{i}.mat"
@@ -277,8 +300,8 @@ class VOCDataset:
             img,
             self.sbd_root / "cls" / f"{i}.mat",
             "sbd",
-            xml if xml.is_file() else None,
-            inst if inst.is_file() else None,
+            xml if self._is_file(xml) else None,
+            inst if self._is_file(inst) else None,
         )
 
     def _resolve(self, split: str) -> dict[str, _Source]:
@@ -296,7 +319,7 @@ class VOCDataset:
             sources = {i: self._voc_source(i) for i in read_split(seg / f"{split}.txt")}
         valid = {}
         for i, src in sources.items():
-            missing = [p for p in (src.image, src.label) if not p.is_file()]
+            missing = [p for p in (src.image, src.label) if not self._is_file(p)]
             if missing:
                 self._bad(i, f"split {split!r} lists id {i!r} but {missing[0]} does not exist")
                 continue
@@ -312,7 +335,7 @@ class VOCDataset:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def image_path(self, i: str) -> pathlib.Path:
+    def image_path(self, i: str) -> epath.Path:
         """The image file of example `i` (VOC JPEGImages or SBD img)."""
         return self._sources[i].image
 
@@ -392,4 +415,4 @@ class VOCDataset:
 
 def read_mask_raw(path) -> np.ndarray:
     """Reads an index PNG without class validation (instance maps: ids 1..N, 255 = void)."""
-    return np.asarray(_open(pathlib.Path(path)), np.uint8)
+    return np.asarray(_open(paths.as_path(path)), np.uint8)

@@ -21,13 +21,13 @@ contains "inference" is INFERENCE, any other LEARN (``bn_mode`` overrides).
 from __future__ import annotations
 
 import os
-import pathlib
 import warnings
 from typing import Mapping, Sequence
 
 import jax
 import numpy as np
 
+from deconvnet_jax import paths
 from deconvnet_jax.interop import protowire as pw
 from deconvnet_jax.interop.trees import get_path, numpy_tree
 from deconvnet_jax.models.deconvnet import layer_paths
@@ -69,12 +69,13 @@ def read_caffemodel(path) -> dict[str, list[np.ndarray]]:
       FileNotFoundError if missing; CaffeFormatError naming the file and the byte offset when the
       bytes are not a NetParameter with layers (empty, truncated, random, another format).
     """
-    path = pathlib.Path(path)
-    size = os.path.getsize(path)
-    buf = bytearray(size)
-    with open(path, "rb", buffering=0) as f:
-        if f.readinto(buf) != size:
-            raise CaffeFormatError(f"{path}: short read")
+    path = paths.as_path(path)
+    with paths.local_copy(path) as local:  # a remote file: a local temporary copy
+        size = os.path.getsize(local)
+        buf = bytearray(size)
+        with open(local, "rb", buffering=0) as f:
+            if f.readinto(buf) != size:
+                raise CaffeFormatError(f"{path}: short read")
     try:
         return _parse_net(memoryview(buf), size)
     except pw.WireError as e:
@@ -335,7 +336,7 @@ def _vgg16(blobs, out: dict, model: str, source: str) -> None:
 def bn_mode_of(path) -> str:
     """ "inference" if the file name says so (DeconvNet_trainval_inference.caffemodel), else
     "learn" (stage_1/2_train_result.caffemodel): the mode is not stored with the weights."""
-    return "inference" if "inference" in pathlib.Path(path).name.lower() else "learn"
+    return "inference" if "inference" in paths.as_path(path).name.lower() else "learn"
 
 
 def caffemodel_to_flax(

@@ -31,15 +31,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import io
 import json
 import logging
-import pathlib
 import threading
 from typing import NamedTuple, Protocol, Sequence
 
 import cv2
 import numpy as np
 
+from deconvnet_jax import paths
 from deconvnet_jax.data.voc import DataError
 
 log = logging.getLogger(__name__)
@@ -137,14 +138,15 @@ class EdgeBoxes:
         beta: float = 0.75,
         min_score: float = 0.01,
     ):
-        path = pathlib.Path(model_path) if model_path else None
+        path = paths.as_path(model_path) if model_path else None
         if path is None or not path.is_file():
             raise FileNotFoundError(
                 f"Edge Boxes needs a structured edge model file; {model_path or '(empty path)'!s} "
                 "not found. Set config.infer.edge_model to opencv_extra's "
                 "testdata/cv/ximgproc/model.yml.gz (or use another proposal source)"
             )
-        self.detector = cv2.ximgproc.createStructuredEdgeDetection(str(path))
+        with paths.local_copy(path) as local:  # OpenCV reads a local file name
+            self.detector = cv2.ximgproc.createStructuredEdgeDetection(str(local))
         self.max_boxes, self.alpha, self.beta, self.min_score = max_boxes, alpha, beta, min_score
 
     def edges(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,11 +196,11 @@ def load_proposal_file(path) -> dict[str, Proposals]:
     Raises:
       FileNotFoundError: the file does not exist. DataError: bad format (names file and id).
     """
-    path = pathlib.Path(path)
+    path = paths.as_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"proposals file {path} not found")
     if path.suffix == ".npz":
-        with np.load(path) as z:
+        with np.load(io.BytesIO(path.read_bytes()) if paths.is_remote(path) else path) as z:
             raw = {k: np.asarray(z[k]) for k in z.files}
     elif path.suffix == ".json":
         try:

@@ -19,11 +19,11 @@ outputs in train mode (which normalise with the biased variance) are identical.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Mapping
 
 import numpy as np
 
+from deconvnet_jax import paths
 from deconvnet_jax.errors import WeightsError
 from deconvnet_jax.interop.trees import checked, get_path, numpy_tree, set_path, to_numpy
 from deconvnet_jax.models.deconvnet import layer_paths
@@ -149,11 +149,12 @@ def load_torch_checkpoint(path) -> dict:
     """
     import torch
 
-    path = pathlib.Path(path)
+    path = paths.as_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"PyTorch checkpoint {path} not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with paths.local_copy(path) as local:  # a remote file: a local temporary copy
+            obj = torch.load(local, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (torch raises pickle, zip and runtime errors)
         reason = _load_failure(e)
         raise WeightsError(f"{path}: not a readable PyTorch state dict ({reason})") from None
