@@ -1,7 +1,7 @@
 """The demo that `python train.py` runs: a 1/8-width DeconvNet on the generated dataset, on CPU.
 
 Trains in about five minutes on 2 CPU cores and reports validation mIoU on the generated val split
-(200 train / 40 val images of textured shapes of five VOC classes on clutter; every class is in val).
+(200 train / 40 val images of textured shapes of five VOC classes on clutter; all are in val).
 Measured on a 2-core Xeon (issue 16 closing note): ~60% val mIoU in ~280 s. Why each choice:
 
 - width 1/8 (8 channels at conv1, 512 at fc6): at 1/16 the 4-channel early layers learn only the
