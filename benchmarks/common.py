@@ -217,6 +217,9 @@ def environment() -> dict:
         "cpu_has_avx2": "avx2" in cpu_flags(),
         # The ISA limits in force (XLA_FLAGS --xla_cpu_max_isa, oneDNN, ATen): "native" if none.
         "isa_limit": isa_limit(),
+        # Other load on the machine when this run started (1/5/15-minute averages): on a shared
+        # machine the ratios are only as good as this is low.
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         # Settings that change the timings (the glibc allocator's MALLOC_* tunables, XLA flags).
         "env_vars": {
             k: v
