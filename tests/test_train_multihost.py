@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from test_train_parallel import _run
 
+from deconvnet_jax import errors
 from tests.subproc import xla_flags
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -123,52 +124,35 @@ def _start_train_py_pair(run, env_extra=(), **overrides):
     ]
 
 
-@pytest.mark.slow
-def test_train_py_two_processes(tmp_path):
-    procs = _start_train_py_pair(
-        tmp_path / "run",
-        env_extra={"DECONVNET_CACHE": str(tmp_path / "cache")},
-        **{"train.num_steps": 4, "train.eval_every": 2, "train.checkpoint_every": 2},
-    )
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
-    finals = [
-        line for out in outs for line in out.splitlines() if line.startswith("final val mIoU")
-    ]
-    assert len(finals) == 2 and finals[0] == finals[1]  # both processes evaluated the same model
-    run = tmp_path / "run"
-    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps == [2, 4]
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    # only process 0 writes: one loss row per step, no duplicates
-    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
-    assert (run / "final_metrics.json").is_file() and (run / "curves.png").is_file()
-
-
-@pytest.mark.slow
-def test_sigterm_to_one_process_both_save_the_same_step(tmp_path):
-    """Issue 14.3: SIGTERM to process 1 only. JAX's preemption sync service agrees a step, both
-    processes save it together (one checkpoint) and exit errors.EXIT_PREEMPTED; no hang."""
+def _preempted_pair(run, env_extra):
+    """train.py as a two-process job (eval and checkpoint every 2 steps, no end), SIGTERM to
+    process 1 only once process 0 logged step 4. Returns (outputs, logged loss steps)."""
     import signal
     import time
 
-    from deconvnet_jax import errors
+    def logged_steps():
+        if not (run / "metrics.jsonl").is_file():
+            return [0]
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["step"] for line in lines if '"loss"' in line]
 
-    run = tmp_path / "run"
     procs = _start_train_py_pair(
         run,
-        **{
-            "data.cache_dir": tmp_path / "cache",
-            "train.num_steps": 100000,
-            "train.eval_every": 0,
-            "train.checkpoint_every": 100000,
-        },
+        env_extra,
+        **{"train.num_steps": 100000, "train.eval_every": 2, "train.checkpoint_every": 2},
     )
     try:
         deadline = time.time() + 400
-        while not (run / "metrics.jsonl").is_file():  # process 0 logged step 1
-            assert all(p.poll() is None for p in procs) and time.time() < deadline
+        while max(logged_steps()) < 4:
+            if any(p.poll() is not None for p in procs) or time.time() > deadline:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                logs = [p.communicate()[0][-8000:] for p in procs]
+                pytest.fail(
+                    f"step 4 not reached; returncodes {[p.returncode for p in procs]}:\n"
+                    + "\n---\n".join(logs)
+                )
             time.sleep(0.2)
         procs[1].send_signal(signal.SIGTERM)
         outs = [p.communicate(timeout=300)[0] for p in procs]
@@ -178,8 +162,37 @@ def test_sigterm_to_one_process_both_save_the_same_step(tmp_path):
                 p.kill()
     for p, out in zip(procs, outs):
         assert p.returncode == errors.EXIT_PREEMPTED, out[-3000:]
-    said = [line for out in outs for line in out.splitlines() if line.startswith("preempted at")]
-    assert len(said) == 2 and said[0] == said[1], said
-    step = int(said[0].split()[3].rstrip(";"))
-    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps == [step] and step >= 1
+    return outs, logged_steps()
+
+
+@pytest.mark.slow
+def test_train_py_two_processes_preempted_twice(tmp_path):
+    """train.py with --coordinator/--num_processes/--process_id, the same job twice (two
+    workdirs, one compilation cache of its own). Each time:
+
+    - both processes evaluate the same model (identical val mIoU lines at steps 2 and 4), only
+      process 0 writes metrics (one loss row per step, no duplicates);
+    - (issue 14.3) SIGTERM reaches process 1 only: JAX's preemption sync service agrees a step,
+      both processes save it together (one checkpoint) and exit errors.EXIT_PREEMPTED; no hang.
+
+    The old SIGTERM test (a fresh job right after another two-process test in the same session)
+    aborted in 4 of 6 runs with "Gloo context initialization failed: GetKeyValue() timed out"
+    (30 s): one process entered a cross-process collective over 30 s before the other. Not
+    reproduced in this form; see NOTES.md ("gloo context timeout").
+    """
+    env_extra = {
+        "DECONVNET_CACHE": str(tmp_path / "data"),
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),  # this test's own
+    }
+    for job in ("run1", "run2"):
+        run = tmp_path / job
+        outs, logged = _preempted_pair(run, env_extra)
+        said = [line for out in outs for line in out.splitlines() if line.startswith("preempted")]
+        assert len(said) == 2 and said[0] == said[1], (job, said)
+        step = int(said[0].split()[3].rstrip(";"))
+        assert step >= 4 and logged == list(range(1, step + 1)), (job, step, logged)
+        steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+        assert steps[-1] == step and all(s % 2 == 0 for s in steps[:-1]), (job, steps)
+        for k in (2, 4):
+            val = [ln for out in outs for ln in out.splitlines() if ln.startswith(f"step {k}: val")]
+            assert len(val) == 2 and val[0] == val[1], (job, val)
