@@ -159,7 +159,8 @@ def tiny_net():
     model = DeconvNet(
         num_classes=5, width_multiplier=1 / 32, dtype=jnp.float64, param_dtype=jnp.float64
     )
-    variables = random_variables(model, dtype=np.float64)
+    with jax.enable_x64(True):  # module-scoped: built before the x64 fixture is entered
+        variables = random_variables(model, dtype=np.float64)
     apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
     one = jax.jit(apply)
     return apply, variables, (lambda x: np.asarray(one(variables, jnp.asarray(x, jnp.float64))))
