@@ -123,3 +123,48 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+# How long a process waits for the others at `compiled_together`'s barrier: long enough for a
+# cold compile on one host while another read the persistent compilation cache.
+COMPILE_BARRIER_TIMEOUT_S = 30 * 60
+
+
+class compiled_together:  # noqa: N801 (used like jax.jit)
+    """A jitted function whose every new input signature is compiled on each process, then
+    waited on at a coordination-service barrier before its first run.
+
+    Why: a program's first cross-process collective sets up its communicators, and XLA:CPU's
+    gloo gives up after 30 s (``Gloo context initialization failed: GetKeyValue() timed out``).
+    Processes reach that point at different times whenever their compile times differ: JAX writes
+    the persistent compilation cache from process 0 only, so on a rerun process 0 loads a program
+    in seconds while the others compile it for a minute. The barrier
+    (``jax.distributed``'s key-value service, not a device collective) waits up to
+    COMPILE_BARRIER_TIMEOUT_S. One process: the jitted function itself, nothing added.
+    """
+
+    def __init__(self, jitted: Any, name: str):
+        self.jitted, self.name = jitted, name
+        self._compiled: dict = {}
+
+    def __call__(self, *args):
+        if jax.process_count() == 1:
+            return self.jitted(*args)
+        leaves, tree = jax.tree.flatten(args)
+        key = (tree, tuple((np.shape(x), np.result_type(x)) for x in leaves))
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self.jitted.lower(*args).compile()
+            barrier(f"deconvnet/{self.name}/{len(self._compiled)}", COMPILE_BARRIER_TIMEOUT_S)
+            self._compiled[key] = compiled
+        return compiled(*args)
+
+
+def barrier(name: str, timeout_s: float) -> None:
+    """Every process waits here until all arrive (jax.distributed's coordination service)."""
+    from jax._src import distributed  # the client jax.distributed.initialize() made
+
+    client = distributed.global_state.client
+    if client is None or jax.process_count() == 1:
+        return
+    client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1000))

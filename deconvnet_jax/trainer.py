@@ -277,12 +277,15 @@ def setup(config, workdir) -> Run:
         out_shardings=(shardings, parallel.replicated(mesh)),
         donate_argnums=(0,),
     )
+    # Multi-process: compiled on every process, then a barrier, before its first collective.
+    train_step = parallel.compiled_together(train_step, "train_step")
     var_sh = {"params": shardings.params, "batch_stats": shardings.batch_stats}
     eval_step = jax.jit(
         train_lib.make_eval_step(model, config.model.num_classes),
         in_shardings=(var_sh, batch_shardings),
         out_shardings=parallel.replicated(mesh),
     )
+    eval_step = parallel.compiled_together(eval_step, "eval_step")
     return Run(
         config=config,
         workdir=workdir,

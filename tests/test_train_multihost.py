@@ -196,3 +196,36 @@ def test_train_py_two_processes_preempted_twice(tmp_path):
         for k in (2, 4):
             val = [ln for out in outs for ln in out.splitlines() if ln.startswith(f"step {k}: val")]
             assert len(val) == 2 and val[0] == val[1], (job, val)
+
+
+def test_compile_skew_over_gloo_timeout_is_waited_out(tmp_path):
+    """parallel.compiled_together: process 1 reaches a program's first cross-process collective
+    40 s after process 0 (what a persistent-cache hit on process 0 only does; CI stop 22 failed so
+    in train.py). Bare jax.jit fails there with "Gloo context initialization failed:
+    GetKeyValue() timed out" (gloo's fixed 30 s, reproduced with MODE=jit by hand); the
+    coordination-service barrier after compiling waits it out. ~45 s of wall time, ~3 s of CPU."""
+    port = str(_free_port())
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "multihost_skew_worker.py"), str(i), port, "40"]
+            + ["together"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=300)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        assert "sum=10.0" in out, out[-3000:]  # 1 + 2 + 3 + 4 over both processes' devices
