@@ -35,6 +35,7 @@ def main() -> None:
     from test_train_parallel import _batches, _setup
 
     mesh, state, step, _ = _setup(jax.device_count(), 1, dtype="float64")
+    step = parallel.compiled_together(step, "worker_step")  # as trainer.setup does
     losses = []
     per_process = None
     for batch in _batches(dtype=np.float64):
