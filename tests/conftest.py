@@ -42,20 +42,3 @@ def voc_samples() -> pathlib.Path:
             "VOCdevkit/VOC2012-layout folder to run these tests)"
         )
     return root
-
-
-# Longest files first. The README's command runs `-n 2 --dist loadfile`: each file goes whole to one
-# worker, in collection order, so a long file collected last (test_train_multihost.py, ~6 min of
-# two-process jobs) left the other worker idle at the end of the run.
-LONG_FILES_FIRST = (
-    "test_train_multihost.py",
-    "test_train_parallel.py",
-    "test_sweep.py",
-    "test_train_checkpoint.py",
-    "test_cloud_paths.py",
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
