@@ -26,21 +26,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one_process_with_8_devices(tmp_path):
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-    env["XLA_FLAGS"] = xla_flags(4)  # the worker keeps the flags and sets 4 devices itself
+def _run_worker_pair(script, args_of, env, timeout):
+    """Runs tests/<script> as processes 0 and 1 (arguments args_of(i)) to the end; returns the
+    processes and their combined stdout+stderr. Both are killed if either outlives `timeout`."""
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "multihost_worker.py"),
-                str(i),
-                "2",
-                str(port),
-                str(tmp_path / f"p{i}.npz"),
-            ],
+            [sys.executable, str(HERE / script), *args_of(i)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -48,15 +39,25 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path):
         )
         for i in range(2)
     ]
-    logs = []
-    for p in procs:
-        try:
-            out, _ = p.communicate(timeout=600)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        logs.append(out)
+    try:
+        return procs, [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_8_devices(tmp_path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["XLA_FLAGS"] = xla_flags(4)  # the worker keeps the flags and sets 4 devices itself
+    procs, logs = _run_worker_pair(
+        "multihost_worker.py",
+        lambda i: [str(i), "2", str(port), str(tmp_path / f"p{i}.npz")],
+        env,
+        timeout=600,
+    )
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
 
@@ -207,25 +208,9 @@ def test_compile_skew_over_gloo_timeout_is_waited_out(tmp_path):
     port = str(_free_port())
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(HERE / "multihost_skew_worker.py"), str(i), port, "40"]
-            + ["together"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    procs, outs = _run_worker_pair(
+        "multihost_skew_worker.py", lambda i: [str(i), port, "40", "together"], env, timeout=300
+    )
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
         assert "sum=10.0" in out, out[-3000:]  # 1 + 2 + 3 + 4 over both processes' devices
