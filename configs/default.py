@@ -73,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.schedule = "step"  # "step" | "constant" | "cosine"
     config.optim.decay_steps = (9000,)
     config.optim.gamma = 0.1
+    config.optim.warmup_steps = 0  # "cosine": linear warm-up from 0 over this many updates
     config.optim.accum_steps = 8  # 64 = 8 x 8 in the release (optax.MultiSteps)
     config.optim.clip_norm = 0.0  # 0 = off
 

@@ -41,6 +41,7 @@ _NON_NEGATIVE = (  # >= 0
     "optim.weight_decay",
     "optim.bias_lr_mult",
     "optim.clip_norm",
+    "optim.warmup_steps",
     "train.num_steps",
     "train.eval_every",
     "train.eval_max_images",
@@ -83,6 +84,14 @@ def train_config_problems(config) -> list[str]:
             problems.append(f"config.{field}={value!r} must be {need}")
     if _number(_get(config, "optim.momentum")) and config.optim.momentum >= 1:
         problems.append(f"config.optim.momentum={config.optim.momentum!r} must be < 1")
+    warmup, decay = _get(config, "optim.warmup_steps"), _get(config, "optim.decay_steps")
+    if _number(warmup) and warmup > 0 and _get(config, "optim.schedule") != "cosine":
+        problems.append(f"config.optim.warmup_steps={warmup} needs config.optim.schedule='cosine'")
+    elif _number(warmup) and warmup > 0 and decay and warmup >= max(decay):
+        problems.append(
+            f"config.optim.warmup_steps={warmup} must be < max(config.optim.decay_steps)="
+            f"{max(decay)} (the cosine's length, warm-up included)"
+        )
     crop, resize = _get(config, "data.crop_size"), _get(config, "data.resize")
     if _number(crop) and _number(resize) and resize < crop:
         problems.append(f"config.data.resize={resize} is smaller than config.data.crop_size={crop}")

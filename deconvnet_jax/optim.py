@@ -50,6 +50,9 @@ def learning_rate_schedule(optim_config) -> optax.Schedule:
         return optax.constant_schedule(lr)
     if optim_config.schedule == "cosine":
         total = int(max(optim_config.decay_steps)) if optim_config.decay_steps else 1
+        warmup = int(optim_config.get("warmup_steps", 0))  # runs saved before the field: 0
+        if warmup:
+            return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total)
         return optax.cosine_decay_schedule(lr, total)
     raise ValueError(f"unknown config.optim.schedule {optim_config.schedule!r}")
 

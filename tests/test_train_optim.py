@@ -157,6 +157,20 @@ def test_step_schedule():
     np.testing.assert_allclose(lrs, [0.01] * 3 + [0.001] * 2 + [0.0001] * 2, rtol=1e-6)
 
 
+def test_cosine_schedule_with_linear_warmup():
+    """optim.warmup_steps (the demo's): lr rises linearly from 0 to lr over the warm-up, then
+    follows a half cosine to 0 at max(decay_steps) (a closed form, not optax's own)."""
+    cfg = _config(lr=0.04, schedule="cosine", decay_steps=(10,), warmup_steps=4)
+    got = [float(optim.current_lr(cfg, s)) for s in range(12)]
+    want = [
+        0.04 * s / 4 if s < 4 else 0.02 * (1 + np.cos(np.pi * min(s - 4, 6) / 6)) for s in range(12)
+    ]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    cfg.warmup_steps = 0  # the plain cosine, from lr at update 0
+    np.testing.assert_allclose(float(optim.current_lr(cfg, 0)), 0.04, rtol=1e-6)
+    np.testing.assert_allclose(float(optim.current_lr(cfg, 5)), 0.02, rtol=1e-6)
+
+
 def test_accumulation_applies_every_k():
     cfg = _config(momentum=0.0, weight_decay=0.0, lr=1.0, bias_lr_mult=1.0, accum_steps=4)
     cfg.momentum = 0.0

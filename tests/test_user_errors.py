@@ -60,6 +60,16 @@ def test_config_problems_named(tmp_path):
         sweep.check_overrides(demo.get_config(), [{"optim.lr": 0.1}, {"optim.lr": -1.0}])
     with pytest.raises(config_check.ConfigError, match="optim.nonexistent"):
         sweep.check_overrides(demo.get_config(), [{"optim.nonexistent": 1}])
+    c = demo.get_config()  # a warm-up is part of the cosine: shorter than it, and only there
+    c.optim.warmup_steps = max(c.optim.decay_steps)
+    assert config_check.train_config_problems(c) == [
+        f"config.optim.warmup_steps={c.optim.warmup_steps} must be < max(config.optim."
+        f"decay_steps)={max(c.optim.decay_steps)} (the cosine's length, warm-up included)"
+    ]
+    c.optim.schedule = "step"
+    assert config_check.train_config_problems(c) == [
+        f"config.optim.warmup_steps={c.optim.warmup_steps} needs config.optim.schedule='cosine'"
+    ]
 
 
 def test_random_bytes_pth_names_the_file_safely(tmp_path):
