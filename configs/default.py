@@ -24,6 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.conv_impl = "auto"  # 3x3 layers: "direct" | "winograd" | "auto" (CPU: >=256 ch)
     # 3x3 kernel gradient: "xla" | "patches" | "shifted" | "auto" (CPU: patches); conv_grad.py
     config.model.conv_grad_impl = "auto"
+    # DeconvNet's fc6_deconv / deconv / seg_score kernels: "release" (Gaussian std 0.01) | "he"
+    config.model.decoder_init = "release"
     config.model.param_dtype = "float32"  # parameter dtype (float64 only for exactness checks)
 
     # --- data (deconvnet_jax/data) ----------------------------------------------

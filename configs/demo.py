@@ -23,6 +23,7 @@ from configs import default
 def get_config():
     config = default.get_config()
     config.model.width_multiplier = 1 / 8
+    config.model.decoder_init = "he"
     config.data.name = "synthetic"
     config.data.train_split = "train"
     config.data.mode = "whole"

@@ -16,6 +16,7 @@ _CHOICES = {
     "model.param_dtype": ("float32", "float64"),
     "model.conv_impl": ("auto", "direct", "winograd"),
     "model.unpool_impl": ("", "scatter", "window"),
+    "model.decoder_init": ("release", "he"),
     "data.name": ("voc", "synthetic"),
     "data.mode": ("stage1", "stage2", "whole"),
     "data.normalization": ("caffe_bgr", "imagenet"),

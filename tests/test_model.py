@@ -160,3 +160,39 @@ def test_bfloat16_compute_keeps_float32_params():
     assert conv.dtype == jnp.bfloat16
     out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 224, 224, 3))), variables)
     assert out.dtype == jnp.float32
+
+
+def test_decoder_init_release_std_001_or_he_and_the_encoder_unchanged():
+    """config.model.decoder_init: "release" draws fc6_deconv / deconv* / seg_score kernels from
+    N(0, 0.01^2) (the release's prototxt); "he" from the encoder's He-normal, std
+    sqrt(2 / (k * k * in)). The encoder and fc6/fc7 are the same draws either way (one key
+    stream), so the default reproduces earlier runs."""
+    config = default_config.get_config().model
+    config.width_multiplier = 1 / 32
+    params = {}
+    for name in ("release", "he"):
+        config.decoder_init = name
+        model = build_model(config)
+        init = jax.jit(lambda m=model: m.init(jax.random.key(3), jnp.zeros((1, 224, 224, 3))))
+        params[name] = {
+            "/".join(str(p.key) for p in path): np.asarray(leaf)
+            for path, leaf in jax.tree.leaves_with_path(init()["params"])
+        }
+    decoder = ("fc/fc6_deconv/", "dblock", "seg_score/")
+    checked = 0
+    for key, release in params["release"].items():
+        he = params["he"][key]
+        if not any(key.startswith(d) for d in decoder):
+            np.testing.assert_array_equal(he, release, err_msg=key)
+            continue
+        if not key.endswith("/kernel") or release.size < 500:
+            continue  # biases (zeros either way); too few values for a std
+        fan_in = int(np.prod(release.shape[:-1]))
+        np.testing.assert_allclose(release.std(), 0.01, rtol=0.1, err_msg=key)
+        np.testing.assert_allclose(he.std(), np.sqrt(2 / fan_in), rtol=0.1, err_msg=key)
+        checked += 1
+    assert checked >= 9, checked  # fc6_deconv, deconv5_x, deconv4_x, 2 of deconv3_x at 1/32
+    with pytest.raises(ValueError, match="decoder_init"):
+        DeconvNet(width_multiplier=1 / 32, decoder_init="xavier").init(
+            jax.random.key(0), jnp.zeros((1, 224, 224, 3))
+        )

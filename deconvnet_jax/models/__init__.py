@@ -18,7 +18,11 @@ from deconvnet_jax.models.fcn import FCN8s
 from deconvnet_jax.models.layers import model_kwargs
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "deconvnet": lambda c: DeconvNet(**model_kwargs(c), unpool_impl=c.unpool_impl or None),
+    "deconvnet": lambda c: DeconvNet(
+        **model_kwargs(c),
+        unpool_impl=c.unpool_impl or None,
+        decoder_init=c.get("decoder_init", "release"),  # run configs saved before the field
+    ),
     "fcn8s": lambda c: FCN8s(**model_kwargs(c)),
     "fcn8s_caffe": lambda c: FCN8s(**model_kwargs(c), batch_norm=False),  # the public FCN-8s
 }

@@ -15,6 +15,7 @@ Every conv/deconv carries a bias and is followed by BatchNorm then ReLU, except 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from deconvnet_jax.models.layers import (
-    DECODER_INIT,
+    DECODER_INITS,
     ENCODER,
     FC,
     ModuleDef,
@@ -125,6 +126,11 @@ class DeconvNet(nn.Module):
       conv_grad_impl: kernel gradient of the direct 3x3 layers: "xla", "patches" (im2col
         matmuls), "shifted" (nine matmuls) or "auto" (patches on CPU, xla elsewhere); see
         models/conv_grad.py.
+      decoder_init: initial kernels of fc6_deconv, the deconvolutions and seg_score: "release"
+        (Gaussian, std 0.01, as the release's prototxt) or "he" (the encoder's He-normal,
+        std sqrt(2 / fan_in)). From scratch with Adam, std 0.01 kernels under BN move by ~100%
+        of their size per step at lr 0.01; "he" is what the CPU demo trains with
+        (configs/demo.py).
     """
 
     num_classes: int = 21
@@ -138,6 +144,7 @@ class DeconvNet(nn.Module):
     unpool_impl: str | None = None
     conv_impl: str = "auto"
     conv_grad_impl: str = "auto"
+    decoder_init: str = "release"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -150,6 +157,12 @@ class DeconvNet(nn.Module):
                 f"on pool5 = input/32); got {x.shape[1]}x{x.shape[2]}"
             )
         conv, deconv, norm = factories(self, train)
+        if self.decoder_init not in DECODER_INITS:
+            raise ValueError(
+                f"decoder_init must be one of {sorted(DECODER_INITS)}, got {self.decoder_init!r}"
+            )
+        decoder_init = DECODER_INITS[self.decoder_init]
+        deconv = functools.partial(deconv, kernel_init=decoder_init)
         width = lambda feats: [scaled(f, self.width_multiplier) for f in feats]  # noqa: E731
         remat = nn.remat if self.remat else lambda cls: cls
 
@@ -165,6 +178,6 @@ class DeconvNet(nn.Module):
             x = remat(DecoderBlock)(
                 layers, width(feats), hw, deconv, norm, self.unpool_impl, name=block
             )(x, switches)
-        x = conv(self.num_classes, 1, "VALID", kernel_init=DECODER_INIT, name="seg_score")(x)
+        x = conv(self.num_classes, 1, "VALID", kernel_init=decoder_init, name="seg_score")(x)
         # float32 logits (the loss is computed in float32), float64 when asked for (parity tests).
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))

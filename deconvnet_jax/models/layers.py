@@ -41,6 +41,8 @@ Initializer = Callable[..., jax.Array]
 ModuleDef = Any  # a functools.partial of a flax Module class
 ENCODER_INIT: Initializer = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 DECODER_INIT: Initializer = nn.initializers.normal(0.01)  # release: Gaussian std 0.01, bias 0
+# DeconvNet's decoder_init choices: the release's, or the encoder's He-normal (configs/demo.py).
+DECODER_INITS: dict[str, Initializer] = {"release": DECODER_INIT, "he": ENCODER_INIT}
 
 
 def scaled(channels: int, width_multiplier: float) -> int:
