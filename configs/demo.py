@@ -2,7 +2,7 @@
 
 Trains in about five minutes on 2 CPU cores and reports validation mIoU on the generated val split
 (200 train / 40 val images of textured shapes of five VOC classes on clutter; all are in val).
-Measured on a 2-core AMD EPYC Zen 4: 65-77% val mIoU in ~225 s (figures below). Why each choice:
+Measured on a 2-core AMD EPYC Zen 4: 63-77% val mIoU in ~225 s (figures below). Why each choice:
 
 - decoder_init "he": the release's std-0.01 decoder kernels, trained from scratch by Adam at lr
   0.01 under BN, change by about their own size each step; with the encoder's He-normal init the
