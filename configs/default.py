@@ -93,6 +93,9 @@ def get_config() -> ml_collections.ConfigDict:
     # The release's BN step: before testing, average batch statistics over this many training
     # batches and use them instead of the running averages (it used ~500; 0 = running averages).
     config.train.recompute_bn_batches = 0
+    # Pixel-loss weights by true class: "none" (the paper's plain mean) | "median_frequency"
+    # (SegNet's balancing, computed from the train split; saved as class_weights.json).
+    config.train.class_weights = "none"
 
     # --- parallelism (deconvnet_jax/parallel.py) -------------------------------------
     config.mesh = ml_collections.ConfigDict()

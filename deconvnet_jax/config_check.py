@@ -22,6 +22,7 @@ _CHOICES = {
     "data.normalization": ("caffe_bgr", "imagenet"),
     "optim.name": ("sgd", "adam", "adamw"),
     "optim.schedule": ("step", "constant", "cosine"),
+    "train.class_weights": ("none", "median_frequency"),
 }
 _POSITIVE = (  # > 0
     "model.width_multiplier",

@@ -23,11 +23,18 @@ class TrainState:
     opt_state: Any
 
 
-def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int = IGNORE_LABEL):
+def pixel_cross_entropy(
+    logits: jax.Array,
+    labels: jax.Array,
+    ignore_label: int = IGNORE_LABEL,
+    class_weights: jax.Array | None = None,
+):
     """Softmax cross-entropy per pixel, ignoring `ignore_label`, averaged over valid pixels.
 
     Args:
       logits: [B, H, W, C] float; labels: [B, H, W] int.
+      class_weights: optional [C] weight per true class; the loss is then the weighted mean
+        sum(w[y] * loss) / sum(w[y]) over valid pixels (torch's CrossEntropyLoss(weight=...)).
     Returns:
       (mean loss over valid pixels (0 when there are none), number of valid pixels).
     """
@@ -37,7 +44,11 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int 
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
     count = valid.sum()
-    return jnp.where(valid, losses, 0.0).sum() / jnp.maximum(count, 1), count
+    if class_weights is None:
+        return jnp.where(valid, losses, 0.0).sum() / jnp.maximum(count, 1), count
+    w = jnp.where(valid, jnp.asarray(class_weights, losses.dtype)[safe], 0.0)
+    total = w.sum()
+    return (w * losses).sum() / jnp.where(total > 0, total, 1.0), count
 
 
 def create_train_state(
@@ -57,8 +68,16 @@ def create_train_state(
     )
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, seed: int = 0) -> Callable:
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    seed: int = 0,
+    class_weights: Any = None,
+) -> Callable:
     """Returns the pure `train_step(state, batch) -> (state, metrics)`.
+
+    `class_weights` ([num_classes] floats or None) weight the pixel loss by true class
+    (pixel_cross_entropy); None is the paper's plain mean.
 
     BatchNorm uses the statistics of the whole (global, possibly sharded) batch: under jit the
     means are reductions over the sharded batch axis, so BN is synchronised across devices.
@@ -78,7 +97,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, seed: in
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_key},
             )
-            loss, count = pixel_cross_entropy(logits, batch["label"])
+            loss, count = pixel_cross_entropy(
+                logits, batch["label"], class_weights=class_weights
+            )
             # a network without BN (the public FCN-8s) has no batch_stats to update
             return loss, (updates.get("batch_stats", {}), count, logits)
 

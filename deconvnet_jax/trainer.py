@@ -39,6 +39,7 @@ from deconvnet_jax import (
     viz,
     weights,
 )
+from deconvnet_jax.data import class_balance
 from deconvnet_jax.data import loader as data_loader
 from deconvnet_jax.data.voc import CLASS_NAMES
 from deconvnet_jax.errors import UserError
@@ -220,6 +221,29 @@ def validate(run: Run, split: str | None = None) -> dict:
     return compute_metrics(conf, names)
 
 
+def class_weights(config, workdir: epath.Path) -> np.ndarray | None:
+    """The pixel-loss class weights of config.train.class_weights (None for "none").
+
+    Computed once from the train split's masks and kept in the workdir (class_weights.json), so
+    a resumed run uses exactly the weights it started with.
+    """
+    method = config.train.get("class_weights", "none")
+    if method == "none":
+        return None
+    path = workdir / "class_weights.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("method") == method and len(saved["weights"]) == config.model.num_classes:
+            return np.asarray(saved["weights"], np.float32)
+        log.warning("%s: made for another method or class count; recomputing", path)
+    dataset = data_loader.open_split(config.data, config.data.train_split)
+    weights = class_balance.split_weights(dataset, config.model.num_classes, method)
+    if jax.process_index() == 0:
+        path.write_text(json.dumps({"method": method, "weights": weights.tolist()}, indent=1))
+    log.info("class weights (%s): %s", method, np.round(weights, 3).tolist())
+    return weights.astype(np.float32)
+
+
 def setup(config, workdir) -> Run:
     """Mesh, model, optimiser, the state (born sharded, resumed per the resume order), the data
     iterator at its saved position, and the jitted train / eval steps."""
@@ -272,7 +296,9 @@ def setup(config, workdir) -> Run:
     batch_sh = parallel.batch_sharding(mesh)
     batch_shardings = {"image": batch_sh, "label": batch_sh}
     train_step = jax.jit(
-        train_lib.make_train_step(model, tx, config.train.seed),
+        train_lib.make_train_step(
+            model, tx, config.train.seed, class_weights=class_weights(config, workdir)
+        ),
         in_shardings=(shardings, batch_shardings),
         out_shardings=(shardings, parallel.replicated(mesh)),
         donate_argnums=(0,),
