@@ -96,6 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Pixel-loss weights by true class: "none" (the paper's plain mean) | "median_frequency"
     # (SegNet's balancing, computed from the train split; saved as class_weights.json).
     config.train.class_weights = "none"
+    # Adds dice_weight x (1 - mean soft Dice over the classes in the batch) to the pixel loss
+    # (not in the paper, 0 = off; the CPU demo uses 1: configs/demo.py says why).
+    config.train.dice_weight = 0.0
 
     # --- parallelism (deconvnet_jax/parallel.py) -------------------------------------
     config.mesh = ml_collections.ConfigDict()

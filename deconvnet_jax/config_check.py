@@ -48,6 +48,7 @@ _NON_NEGATIVE = (  # >= 0
     "train.eval_every",
     "train.eval_max_images",
     "train.recompute_bn_batches",
+    "train.dice_weight",
     "data.num_workers",
     "data.box_enlarge",
 )

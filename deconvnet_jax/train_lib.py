@@ -51,6 +51,62 @@ def pixel_cross_entropy(
     return (w * losses).sum() / jnp.where(total > 0, total, 1.0), count
 
 
+def soft_dice_loss(logits: jax.Array, labels: jax.Array, ignore_label: int = IGNORE_LABEL):
+    """1 - mean soft Dice over the classes present in the batch's labels (batch-level Dice).
+
+    dice(c) = 2 sum(p_c y_c) / (sum(p_c) + sum(y_c)) over the valid pixels of the whole batch,
+    p = softmax(logits), y = one-hot labels. 0 when no pixel is valid. The gradient is written
+    out (custom VJP): left to autodiff, XLA:CPU recomputes the softmax in every per-class
+    reduction and the term costs 4x the cross-entropy (benchmarks/NOTES.md).
+    """
+    valid = labels != ignore_label
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    return _soft_dice(logits, valid, jnp.where(valid, labels, 0).astype(jnp.int32))
+
+
+def _soft_dice_parts(logits, valid, labels):
+    num_classes = logits.shape[-1]
+    p = jax.nn.softmax(logits, axis=-1)  # materialised once; the reductions below read it
+    v = valid.astype(p.dtype)
+    flat_p, flat_v, flat_y = p.reshape(-1, num_classes), v.reshape(-1), labels.reshape(-1)
+    p_true = jnp.take_along_axis(flat_p, flat_y[:, None], 1)[:, 0] * flat_v
+    inter = jax.ops.segment_sum(p_true, flat_y, num_classes)
+    truth = jax.ops.segment_sum(flat_v, flat_y, num_classes)
+    denom = flat_v @ flat_p + truth
+    present = truth > 0
+    n = present.sum()
+    scale = jnp.where(present, 2.0 / jnp.maximum(n, 1), 0.0)
+    safe_denom = jnp.where(present, denom, 1.0)
+    loss = jnp.where(n > 0, 1.0 - jnp.sum(scale * inter / safe_denom), 0.0)
+    # d loss / d p[i, c] = v_i (alpha_c + beta_c [y_i = c])
+    alpha = scale * inter / safe_denom**2
+    beta = -scale / safe_denom
+    return loss, (p, v, labels, p_true.reshape(labels.shape), alpha, beta)
+
+
+@jax.custom_vjp
+def _soft_dice(logits, valid, labels):
+    return _soft_dice_parts(logits, valid, labels)[0]
+
+
+def _soft_dice_fwd(logits, valid, labels):
+    return _soft_dice_parts(logits, valid, labels)
+
+
+def _soft_dice_bwd(res, g):
+    # softmax's adjoint: d/dz_ic = p_ic (d_ic - sum_k p_ik d_ik) with d_ic = v_i (alpha_c +
+    # beta_c [y_i = c]); the row sum is p_i . alpha + beta_{y_i} p_{i, y_i}: a matvec, no
+    # reduction over the class axis.
+    p, v, labels, p_true, alpha, beta = res
+    row = p @ alpha + beta[labels] * p_true
+    onehot = labels[..., None] == jnp.arange(p.shape[-1])
+    d = alpha + jnp.where(onehot, beta, 0.0) - row[..., None]
+    return (g * v)[..., None] * p * d, None, None
+
+
+_soft_dice.defvjp(_soft_dice_fwd, _soft_dice_bwd)
+
+
 def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, seed: int, input_shape: tuple[int, ...]
 ) -> TrainState:
@@ -73,6 +129,7 @@ def make_train_step(
     tx: optax.GradientTransformation,
     seed: int = 0,
     class_weights: Any = None,
+    dice_weight: float = 0.0,
 ) -> Callable:
     """Returns the pure `train_step(state, batch) -> (state, metrics)`.
 
@@ -100,6 +157,8 @@ def make_train_step(
             loss, count = pixel_cross_entropy(
                 logits, batch["label"], class_weights=class_weights
             )
+            if dice_weight:
+                loss = loss + dice_weight * soft_dice_loss(logits, batch["label"])
             # a network without BN (the public FCN-8s) has no batch_stats to update
             return loss, (updates.get("batch_stats", {}), count, logits)
 

@@ -297,7 +297,11 @@ def setup(config, workdir) -> Run:
     batch_shardings = {"image": batch_sh, "label": batch_sh}
     train_step = jax.jit(
         train_lib.make_train_step(
-            model, tx, config.train.seed, class_weights=class_weights(config, workdir)
+            model,
+            tx,
+            config.train.seed,
+            class_weights=class_weights(config, workdir),
+            dice_weight=float(config.train.get("dice_weight", 0.0)),
         ),
         in_shardings=(shardings, batch_shardings),
         out_shardings=(shardings, parallel.replicated(mesh)),

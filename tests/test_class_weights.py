@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from configs import default
-from deconvnet_jax import config_check, trainer, train_lib
+from deconvnet_jax import config_check, train_lib, trainer
 from deconvnet_jax.data import class_balance
 from deconvnet_jax.data.voc import IGNORE_LABEL
 

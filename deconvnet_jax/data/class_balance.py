@@ -4,7 +4,8 @@
 Cipolla 2017, after Eigen & Fergus 2015): freq(c) = pixels of class c / valid pixels of the
 images that contain c, and w(c) = median over classes of freq / freq(c). Background, the most
 frequent class, gets a weight below 1 and rare classes above. Not part of DeconvNet's recipe
-(the paper trains with the plain mean); the CPU demo uses it (configs/demo.py says why).
+(the paper trains with the plain mean); the CPU demo tried it and uses a Dice term instead
+(configs/demo.py says why).
 """
 
 from __future__ import annotations
