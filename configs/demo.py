@@ -2,11 +2,11 @@
 
 Trains in about five minutes on 2 CPU cores and reports validation mIoU on the generated val split
 (200 train / 40 val images of textured shapes of five VOC classes on clutter; all are in val).
-Measured on a 2-core AMD EPYC Zen 4 in 248 s (AVX2 limit: 253 s): val mIoU natively 88.9 / 87.6
-/ 66.6 / 52.4 for seeds 0 / 1 / 2 / 3, under the AVX2 limit 88.0 / 81.9 / 83.1 / 43.1 (same-seed gaps 0.9 / 5.7 /
-16.5 / 9.3). Five minutes from scratch is still chaotic in float32 (another ISA's rounding flips
-early switch decisions and the run lands elsewhere), and a run can still end with a class never
-predicted (seed 3: boat on both ISAs, aeroplane too under AVX2). Why each choice:
+Measured on a 2-core AMD EPYC Zen 4 in 248 s (AVX2 limit: 253 s): val mIoU natively 88.9 / 87.6 /
+66.6 / 52.4 for seeds 0 / 1 / 2 / 3, under the AVX2 limit 88.0 / 81.9 / 83.1 / 43.1 (same-seed gaps
+0.9 / 5.7 / 16.5 / 9.3). Five minutes from scratch is still chaotic in float32 (another ISA's
+rounding flips early switch decisions and the run lands elsewhere), and a run can still end with a
+class never predicted (seed 3: boat on both ISAs, aeroplane too under AVX2). Why each choice:
 
 - dice_weight 1: cross-entropy plus a soft Dice term (1 - mean Dice of the classes in the batch).
   With the plain mean, a class that the 8-channel full-resolution decoder does not pick up early
