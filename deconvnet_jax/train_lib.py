@@ -89,10 +89,6 @@ def _soft_dice(logits, valid, labels):
     return _soft_dice_parts(logits, valid, labels)[0]
 
 
-def _soft_dice_fwd(logits, valid, labels):
-    return _soft_dice_parts(logits, valid, labels)
-
-
 def _soft_dice_bwd(res, g):
     # softmax's adjoint: d/dz_ic = p_ic (d_ic - sum_k p_ik d_ik) with d_ic = v_i (alpha_c +
     # beta_c [y_i = c]); the row sum is p_i . alpha + beta_{y_i} p_{i, y_i}: a matvec, no
@@ -104,7 +100,7 @@ def _soft_dice_bwd(res, g):
     return (g * v)[..., None] * p * d, None, None
 
 
-_soft_dice.defvjp(_soft_dice_fwd, _soft_dice_bwd)
+_soft_dice.defvjp(_soft_dice_parts, _soft_dice_bwd)  # forward: (loss, residuals)
 
 
 def create_train_state(
@@ -134,7 +130,8 @@ def make_train_step(
     """Returns the pure `train_step(state, batch) -> (state, metrics)`.
 
     `class_weights` ([num_classes] floats or None) weight the pixel loss by true class
-    (pixel_cross_entropy); None is the paper's plain mean.
+    (pixel_cross_entropy); None is the paper's plain mean. A non-zero `dice_weight` adds
+    that multiple of soft_dice_loss to it.
 
     BatchNorm uses the statistics of the whole (global, possibly sharded) batch: under jit the
     means are reductions over the sharded batch axis, so BN is synchronised across devices.
